@@ -1,0 +1,61 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/monocsi/monocsi/driver/local"
+	"github.com/monocsi/monocsi/internal/version"
+	"github.com/monocsi/monocsi/nodeplugin"
+)
+
+// driverFlags are the settings of every driver the binary carries.
+type driverFlags struct {
+	nodeID    string
+	localRoot string
+	localName string
+}
+
+func (f *driverFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.nodeID, "node-id", os.Getenv("NODE_NAME"), "this node's name (the Kubernetes node name); default $NODE_NAME")
+	fs.StringVar(&f.localRoot, "local-root", local.DefaultRoot, "directory holding the local driver's volumes")
+	fs.StringVar(&f.localName, "local-driver-name", local.DefaultName, "CSI name of the local driver")
+}
+
+// build creates the named drivers.
+func (f *driverFlags) build(names []string) ([]nodeplugin.Plugin, error) {
+	if f.nodeID == "" {
+		return nil, fmt.Errorf("--node-id (or $NODE_NAME) is required")
+	}
+	// The node ID is also a topology label value on the Node object.
+	if errs := validation.IsValidLabelValue(f.nodeID); len(errs) > 0 {
+		return nil, fmt.Errorf("--node-id %q cannot be a topology label value: %s", f.nodeID, strings.Join(errs, "; "))
+	}
+	var plugins []nodeplugin.Plugin
+	seen := map[string]bool{}
+	for _, n := range names {
+		n = strings.TrimSpace(n)
+		if n == "" || seen[n] {
+			continue
+		}
+		seen[n] = true
+		switch n {
+		case "local":
+			d, err := local.New(local.Config{Name: f.localName, NodeID: f.nodeID, Root: f.localRoot, Version: version.Version})
+			if err != nil {
+				return nil, err
+			}
+			plugins = append(plugins, nodeplugin.Plugin{Name: f.localName, Driver: d, NodeLocal: true})
+		default:
+			return nil, fmt.Errorf("unknown driver %q (available: local)", n)
+		}
+	}
+	if len(plugins) == 0 {
+		return nil, fmt.Errorf("no driver enabled")
+	}
+	return plugins, nil
+}

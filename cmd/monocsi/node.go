@@ -1,0 +1,76 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"k8s.io/klog/v2"
+
+	"github.com/monocsi/monocsi/health"
+	"github.com/monocsi/monocsi/nodeplugin"
+	"github.com/monocsi/monocsi/registrar"
+)
+
+// runNode is the node role: every enabled driver's CSI socket for the
+// kubelet, its registration with the kubelet, and /healthz.
+func runNode(ctx context.Context, args []string) error {
+	fs := newFlags("node")
+	var df driverFlags
+	df.register(fs)
+	kubeletDir := fs.String("kubelet-dir", "/var/lib/kubelet", "the kubelet's root directory, at the same path inside the container as on the host")
+	drivers := fs.String("drivers", "local", "comma-separated drivers to enable")
+	httpEndpoint := fs.String("http-endpoint", "", "address (e.g. :9808) to serve /healthz on; empty disables it")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if !filepath.IsAbs(*kubeletDir) {
+		return fmt.Errorf("--kubelet-dir %q must be an absolute path", *kubeletDir)
+	}
+	plugins, err := df.build(strings.Split(*drivers, ","))
+	if err != nil {
+		return err
+	}
+
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return nodeplugin.Run(ctx, *kubeletDir, plugins) })
+	regFailed := make(chan error, len(plugins))
+	g.Go(func() error {
+		select {
+		case err := <-regFailed:
+			return err
+		case <-ctx.Done():
+			return nil
+		}
+	})
+	var checks []health.Check
+	for _, p := range plugins {
+		sock := nodeplugin.SocketPath(*kubeletDir, p.Name)
+		reg := &registrar.Registrar{
+			Driver:    p.Name,
+			Endpoint:  sock,
+			Socket:    registrar.SocketPath(*kubeletDir, p.Name),
+			OnFailure: func(err error) { regFailed <- err },
+		}
+		g.Go(func() error { return reg.Run(ctx) })
+		probe, err := health.ProbeSocket(p.Name, sock)
+		if err != nil {
+			return err
+		}
+		checks = append(checks, probe, health.Check{Name: p.Name + " registration",
+			Run: func(context.Context) error { return reg.Healthy() }})
+	}
+	if *httpEndpoint != "" {
+		mux := http.NewServeMux()
+		mux.Handle("/healthz", health.Handler(5*time.Second, checks...))
+		g.Go(func() error { return health.Serve(ctx, *httpEndpoint, mux) })
+	}
+	klog.InfoS("Node role started", "node", df.nodeID, "drivers", len(plugins), "kubeletDir", *kubeletDir)
+	err = g.Wait()
+	klog.InfoS("Node role stopped", "error", err)
+	return err
+}

@@ -1,0 +1,159 @@
+// Package driver defines what a monocsi storage driver is and the input checks
+// every driver shares.
+//
+// A driver is a plain CSI server: it implements the spec's Identity, Controller
+// and Node interfaces and nothing else, so the same value can be served over
+// gRPC (nodeplugin, `monocsi serve`) or called in-process (the embedded
+// provisioner and attacher) with the same code.
+package driver
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Driver is one CSI driver hosted by monocsi.
+type Driver interface {
+	csi.IdentityServer
+	csi.ControllerServer
+	csi.NodeServer
+}
+
+// TopologyKeyNode is the topology segment key of node-local volumes.
+const TopologyKeyNode = "topology.monocsi.io/node"
+
+// MaxIDLength bounds volume IDs and names: the CSI spec asks COs to accept
+// 128 bytes, and it keeps every ID a valid file name.
+const MaxIDLength = 128
+
+// ValidID checks an identifier that a driver turns into a file name: 1 to
+// MaxIDLength bytes of [A-Za-z0-9._-], starting with a letter or digit, so it
+// can never be ".", "..", hidden, or contain a path separator or NUL.
+// what names the field in the error ("volume ID", "name").
+func ValidID(what, id string) error {
+	if id == "" {
+		return status.Errorf(codes.InvalidArgument, "%s is required", what)
+	}
+	if len(id) > MaxIDLength {
+		return status.Errorf(codes.InvalidArgument, "%s is %d bytes long, the limit is %d", what, len(id), MaxIDLength)
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+		if alnum || i > 0 && (c == '.' || c == '_' || c == '-') {
+			continue
+		}
+		return status.Errorf(codes.InvalidArgument,
+			"%s %q: only letters, digits, '.', '_' and '-' are allowed, starting with a letter or digit", what, printable(id))
+	}
+	return nil
+}
+
+// CheckHostPath validates a path the CO hands to the node (target or staging
+// path): absolute, already clean, no NUL, and not a symlink, so a mount or
+// unmount can never be redirected to another place through it. A path that
+// does not exist yet is fine.
+func CheckHostPath(what, p string) error {
+	if p == "" {
+		return status.Errorf(codes.InvalidArgument, "%s is required", what)
+	}
+	if strings.ContainsRune(p, 0) || !filepath.IsAbs(p) || filepath.Clean(p) != p {
+		return status.Errorf(codes.InvalidArgument, "%s %q must be a clean absolute path", what, printable(p))
+	}
+	fi, err := os.Lstat(p)
+	if err == nil && fi.Mode()&os.ModeSymlink != 0 {
+		return status.Errorf(codes.InvalidArgument, "%s %s is a symlink; refusing to follow it", what, p)
+	}
+	return nil
+}
+
+// printable shortens user input for error messages (which quote it with %q).
+func printable(s string) string {
+	const limit = 80
+	if len(s) > limit {
+		s = s[:limit] + "..."
+	}
+	return s
+}
+
+// SingleNodeModes reports whether every capability asks for an access mode a
+// volume living on one node can honour; the returned message names the first
+// one that cannot.
+func SingleNodeModes(caps []*csi.VolumeCapability) (bool, string) {
+	for _, c := range caps {
+		switch m := c.GetAccessMode().GetMode(); m {
+		case csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER,
+			csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY,
+			csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER,
+			csi.VolumeCapability_AccessMode_SINGLE_NODE_MULTI_WRITER:
+		default:
+			return false, fmt.Sprintf("access mode %s is not supported: the volume lives on one node", m)
+		}
+	}
+	return true, ""
+}
+
+// CheckCapabilities rejects a missing or malformed list of volume capabilities.
+func CheckCapabilities(caps []*csi.VolumeCapability) error {
+	if len(caps) == 0 {
+		return status.Error(codes.InvalidArgument, "volume capabilities are required")
+	}
+	for _, c := range caps {
+		if err := CheckCapability(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// CheckCapability rejects a missing or malformed volume capability.
+func CheckCapability(c *csi.VolumeCapability) error {
+	if c == nil {
+		return status.Error(codes.InvalidArgument, "volume capability is required")
+	}
+	if c.GetAccessMode() == nil || c.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_UNKNOWN {
+		return status.Error(codes.InvalidArgument, "volume capability needs an access mode")
+	}
+	if c.GetBlock() == nil && c.GetMount() == nil {
+		return status.Error(codes.InvalidArgument, "volume capability needs an access type (mount or block)")
+	}
+	return nil
+}
+
+// Parameters added by the provisioner with --extra-create-metadata; every
+// driver accepts them whether or not it uses them.
+const (
+	ParamPVCName      = "csi.storage.k8s.io/pvc/name"
+	ParamPVCNamespace = "csi.storage.k8s.io/pvc/namespace"
+	ParamPVName       = "csi.storage.k8s.io/pv/name"
+)
+
+// CheckParameters rejects any CreateVolume parameter that is neither in
+// known nor one of the provisioner's metadata parameters, naming it, so a typo
+// in a StorageClass surfaces as a ProvisioningFailed event instead of being
+// silently ignored.
+func CheckParameters(params map[string]string, known ...string) error {
+	for k := range params {
+		switch k {
+		case ParamPVCName, ParamPVCNamespace, ParamPVName:
+			continue
+		}
+		ok := false
+		for _, want := range known {
+			ok = ok || k == want
+		}
+		if !ok {
+			if len(known) == 0 {
+				return status.Errorf(codes.InvalidArgument, "unknown parameter %q: this driver takes no parameters", printable(k))
+			}
+			return status.Errorf(codes.InvalidArgument, "unknown parameter %q (known: %s)", printable(k), strings.Join(known, ", "))
+		}
+	}
+	return nil
+}

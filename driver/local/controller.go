@@ -1,0 +1,300 @@
+package local
+
+import (
+	"context"
+	"errors"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/monocsi/monocsi/driver"
+)
+
+// CreateVolume creates the volume's directory and record. The same name with
+// a compatible size returns the existing volume; an incompatible size is
+// ALREADY_EXISTS.
+func (d *Driver) CreateVolume(_ context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
+	id := req.GetName()
+	if err := driver.ValidID("volume name", id); err != nil {
+		return nil, err
+	}
+	if err := d.checkCapabilities(req.GetVolumeCapabilities()); err != nil {
+		return nil, err
+	}
+	if err := driver.CheckParameters(req.GetParameters()); err != nil {
+		return nil, err
+	}
+	if req.GetVolumeContentSource() != nil {
+		return nil, status.Error(codes.InvalidArgument, "the local driver cannot create a volume from a snapshot or another volume")
+	}
+	if err := d.checkAccessible(req.GetAccessibilityRequirements()); err != nil {
+		return nil, err
+	}
+	size, err := requestedSize(req.GetCapacityRange())
+	if err != nil {
+		return nil, err
+	}
+
+	unlock, err := d.locks.TryLock(id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+
+	rec, err := d.readRecord(id)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "volume %s: %v", id, err)
+	}
+	if rec != nil {
+		lim := req.GetCapacityRange().GetLimitBytes()
+		if rec.CapacityBytes < req.GetCapacityRange().GetRequiredBytes() || lim > 0 && rec.CapacityBytes > lim {
+			return nil, status.Errorf(codes.AlreadyExists,
+				"volume %s already exists with %d bytes, which does not fit the requested range", id, rec.CapacityBytes)
+		}
+		size = rec.CapacityBytes
+	} else if free, err := d.freeBytes(); err != nil {
+		return nil, status.Errorf(codes.Internal, "read free space of %s: %v", d.root, err)
+	} else if size > free {
+		return nil, status.Errorf(codes.ResourceExhausted,
+			"node %s has %d bytes free under %s, the volume asks for %d", d.nodeID, free, d.root, size)
+	}
+
+	dir := d.volumeDir(id)
+	if err := os.Mkdir(dir, 0o777); err != nil && !errors.Is(err, os.ErrExist) {
+		return nil, status.Errorf(codes.Internal, "create %s: %v", dir, err)
+	}
+	if fi, err := os.Lstat(dir); err != nil || !fi.IsDir() {
+		return nil, status.Errorf(codes.Internal, "%s exists but is not a directory", dir)
+	}
+	// Pods of any user may write, as with hostPath and local-path-provisioner;
+	// the root itself (0711) keeps other node users from listing volumes.
+	if err := os.Chmod(dir, 0o777); err != nil {
+		return nil, status.Errorf(codes.Internal, "chmod %s: %v", dir, err)
+	}
+	if rec == nil {
+		if err := d.writeRecord(id, record{CapacityBytes: size, Created: time.Now().UTC()}); err != nil {
+			os.Remove(dir) // empty: nothing was published yet
+			return nil, status.Errorf(codes.Internal, "record volume %s: %v", id, err)
+		}
+	}
+	return &csi.CreateVolumeResponse{Volume: d.volume(id, size)}, nil
+}
+
+func (d *Driver) volume(id string, size int64) *csi.Volume {
+	return &csi.Volume{VolumeId: id, CapacityBytes: size, AccessibleTopology: []*csi.Topology{d.topology()}}
+}
+
+// requestedSize is the size recorded for a new volume: the required bytes,
+// or the limit when only a limit is given. Sizes are not enforced (a
+// directory has no quota); they are checked against free space and kept so a
+// repeated CreateVolume can be compared.
+func requestedSize(r *csi.CapacityRange) (int64, error) {
+	req, lim := r.GetRequiredBytes(), r.GetLimitBytes()
+	switch {
+	case req < 0 || lim < 0:
+		return 0, status.Error(codes.InvalidArgument, "capacity range must not be negative")
+	case lim > 0 && req > lim:
+		return 0, status.Errorf(codes.OutOfRange, "required bytes %d exceed the limit %d", req, lim)
+	case req > 0:
+		return req, nil
+	}
+	return lim, nil
+}
+
+// checkCapabilities rejects what a directory on one node cannot provide.
+func (d *Driver) checkCapabilities(caps []*csi.VolumeCapability) error {
+	if err := driver.CheckCapabilities(caps); err != nil {
+		return err
+	}
+	if ok, msg := supported(caps); !ok {
+		return status.Error(codes.InvalidArgument, msg)
+	}
+	return nil
+}
+
+func supported(caps []*csi.VolumeCapability) (bool, string) {
+	for _, c := range caps {
+		if c.GetBlock() != nil {
+			return false, "block volumes are not supported by the local driver: its volumes are directories"
+		}
+	}
+	return driver.SingleNodeModes(caps)
+}
+
+// checkAccessible fails when the CO requires a topology this node is not in:
+// a node-local volume can only be created on its own node.
+func (d *Driver) checkAccessible(req *csi.TopologyRequirement) error {
+	if len(req.GetRequisite()) == 0 {
+		return nil
+	}
+	for _, t := range req.GetRequisite() {
+		if d.servesTopology(t) {
+			return nil
+		}
+	}
+	return status.Errorf(codes.ResourceExhausted,
+		"the volume must be accessible from %v, but this local driver serves only %s=%s",
+		req.GetRequisite(), driver.TopologyKeyNode, d.nodeID)
+}
+
+func (d *Driver) servesTopology(t *csi.Topology) bool {
+	v, ok := t.GetSegments()[driver.TopologyKeyNode]
+	return ok && v == d.nodeID
+}
+
+// DeleteVolume removes the volume's directory, then its record. A volume that
+// is still mounted anywhere on the node is not touched.
+func (d *Driver) DeleteVolume(_ context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
+	id := req.GetVolumeId()
+	if err := driver.ValidID("volume ID", id); err != nil {
+		return nil, err
+	}
+	unlock, err := d.locks.TryLock(id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+
+	dir := d.volumeDir(id)
+	if err := d.checkUnused(dir); err != nil {
+		return nil, err
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return nil, status.Errorf(codes.Internal, "remove %s: %v", dir, err)
+	}
+	if err := d.removeRecord(id); err != nil {
+		return nil, status.Errorf(codes.Internal, "remove record of %s: %v", id, err)
+	}
+	return &csi.DeleteVolumeResponse{}, nil
+}
+
+// checkUnused fails when dir is bind-mounted somewhere or has a mount inside:
+// removing it would delete data a pod is using, or cross into another filesystem.
+func (d *Driver) checkUnused(dir string) error {
+	refs, err := d.mounter.GetMountRefs(dir)
+	if err != nil {
+		return status.Errorf(codes.Internal, "check mounts of %s: %v", dir, err)
+	}
+	if len(refs) > 0 {
+		return status.Errorf(codes.FailedPrecondition, "volume is still mounted at %s", strings.Join(refs, ", "))
+	}
+	mps, err := d.mounter.List()
+	if err != nil {
+		return status.Errorf(codes.Internal, "list mounts: %v", err)
+	}
+	for _, mp := range mps {
+		if strings.HasPrefix(mp.Path, dir+"/") {
+			return status.Errorf(codes.FailedPrecondition, "something is mounted inside the volume at %s", mp.Path)
+		}
+	}
+	return nil
+}
+
+// ValidateVolumeCapabilities confirms the capabilities a directory volume supports.
+func (d *Driver) ValidateVolumeCapabilities(_ context.Context, req *csi.ValidateVolumeCapabilitiesRequest) (*csi.ValidateVolumeCapabilitiesResponse, error) {
+	id := req.GetVolumeId()
+	if err := driver.ValidID("volume ID", id); err != nil {
+		return nil, err
+	}
+	if err := driver.CheckCapabilities(req.GetVolumeCapabilities()); err != nil {
+		return nil, err
+	}
+	rec, err := d.readRecord(id)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "volume %s: %v", id, err)
+	}
+	if rec == nil {
+		return nil, status.Errorf(codes.NotFound, "volume %s does not exist", id)
+	}
+	if ok, msg := supported(req.GetVolumeCapabilities()); !ok {
+		return &csi.ValidateVolumeCapabilitiesResponse{Message: msg}, nil
+	}
+	return &csi.ValidateVolumeCapabilitiesResponse{Confirmed: &csi.ValidateVolumeCapabilitiesResponse_Confirmed{
+		VolumeContext:      req.GetVolumeContext(),
+		VolumeCapabilities: req.GetVolumeCapabilities(),
+		Parameters:         req.GetParameters(),
+	}}, nil
+}
+
+// listTokenPrefix marks a ListVolumes token; the rest is the last ID returned,
+// so a token stays valid when that volume is deleted in between.
+const listTokenPrefix = "after:"
+
+// ListVolumes pages through the volumes in ID order.
+func (d *Driver) ListVolumes(_ context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
+	if req.GetMaxEntries() < 0 {
+		return nil, status.Error(codes.InvalidArgument, "max_entries must not be negative")
+	}
+	after := ""
+	if tok := req.GetStartingToken(); tok != "" {
+		var ok bool
+		after, ok = strings.CutPrefix(tok, listTokenPrefix)
+		if !ok || driver.ValidID("token", after) != nil {
+			return nil, status.Errorf(codes.Aborted, "starting token %q was not issued by this driver", tok)
+		}
+	}
+	ids, err := d.listRecords()
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "list volumes: %v", err)
+	}
+	resp := &csi.ListVolumesResponse{}
+	for _, id := range ids {
+		if id <= after {
+			continue
+		}
+		if req.GetMaxEntries() > 0 && len(resp.Entries) == int(req.GetMaxEntries()) {
+			resp.NextToken = listTokenPrefix + resp.Entries[len(resp.Entries)-1].Volume.VolumeId
+			break
+		}
+		rec, err := d.readRecord(id)
+		if err != nil || rec == nil {
+			continue // deleted meanwhile, or damaged (reported by calls on that volume)
+		}
+		resp.Entries = append(resp.Entries, &csi.ListVolumesResponse_Entry{Volume: d.volume(id, rec.CapacityBytes)})
+	}
+	return resp, nil
+}
+
+// GetCapacity reports the free bytes of the root's filesystem for this node's
+// topology, and 0 for any other topology or for capabilities it cannot serve.
+func (d *Driver) GetCapacity(_ context.Context, req *csi.GetCapacityRequest) (*csi.GetCapacityResponse, error) {
+	if t := req.GetAccessibleTopology(); t != nil && !d.servesTopology(t) {
+		return &csi.GetCapacityResponse{}, nil
+	}
+	if ok, _ := supported(req.GetVolumeCapabilities()); !ok {
+		return &csi.GetCapacityResponse{}, nil
+	}
+	free, err := d.freeBytes()
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "read free space of %s: %v", d.root, err)
+	}
+	return &csi.GetCapacityResponse{AvailableCapacity: free}, nil
+}
+
+func (d *Driver) freeBytes() (int64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(d.root, &st); err != nil {
+		return 0, err
+	}
+	return int64(st.Bavail) * st.Bsize, nil
+}
+
+// ControllerGetCapabilities lists the controller RPCs the driver implements.
+func (d *Driver) ControllerGetCapabilities(context.Context, *csi.ControllerGetCapabilitiesRequest) (*csi.ControllerGetCapabilitiesResponse, error) {
+	var caps []*csi.ControllerServiceCapability
+	for _, c := range []csi.ControllerServiceCapability_RPC_Type{
+		csi.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME,
+		csi.ControllerServiceCapability_RPC_LIST_VOLUMES,
+		csi.ControllerServiceCapability_RPC_GET_CAPACITY,
+		csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+	} {
+		caps = append(caps, &csi.ControllerServiceCapability{Type: &csi.ControllerServiceCapability_Rpc{
+			Rpc: &csi.ControllerServiceCapability_RPC{Type: c}}})
+	}
+	return &csi.ControllerGetCapabilitiesResponse{Capabilities: caps}, nil
+}

@@ -1,0 +1,248 @@
+package local
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	mount "k8s.io/mount-utils"
+
+	"github.com/monocsi/monocsi/driver"
+)
+
+// NodePublishVolume bind-mounts the volume's directory at the target path.
+func (d *Driver) NodePublishVolume(_ context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
+	id, target, vc := req.GetVolumeId(), req.GetTargetPath(), req.GetVolumeCapability()
+	if err := driver.ValidID("volume ID", id); err != nil {
+		return nil, err
+	}
+	if err := driver.CheckHostPath("target path", target); err != nil {
+		return nil, err
+	}
+	if err := driver.CheckCapability(vc); err != nil {
+		return nil, err
+	}
+	if ok, msg := supported([]*csi.VolumeCapability{vc}); !ok {
+		return nil, status.Error(codes.InvalidArgument, msg)
+	}
+	flags := vc.GetMount().GetMountFlags()
+	for _, f := range flags {
+		if f == "" || strings.ContainsAny(f, ",\n\x00") {
+			return nil, status.Errorf(codes.InvalidArgument, "mount flag %q is not a single mount option", f)
+		}
+	}
+	readOnly := req.GetReadonly() || vc.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY
+
+	unlock, err := d.locks.TryLock(id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+
+	src, err := d.existingVolumeDir(id)
+	if err != nil {
+		return nil, err
+	}
+	refs, err := d.mounter.GetMountRefs(src)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "check mounts of %s: %v", src, err)
+	}
+	mounted, err := d.mounter.IsMountPoint(target)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		mounted = false
+	case err != nil:
+		return nil, status.Errorf(codes.Internal, "check target %s: %v", target, err)
+	}
+	if mounted {
+		if !slices.Contains(refs, target) {
+			return nil, status.Errorf(codes.AlreadyExists, "target %s already has another volume mounted", target)
+		}
+		ro, err := d.mountedReadOnly(target)
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "read mount options of %s: %v", target, err)
+		}
+		if ro != readOnly {
+			return nil, status.Errorf(codes.AlreadyExists, "volume %s is already published at %s with readonly=%v", id, target, ro)
+		}
+		return &csi.NodePublishVolumeResponse{}, nil
+	}
+	if vc.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER && len(refs) > 0 {
+		return nil, status.Errorf(codes.FailedPrecondition,
+			"volume %s is single-writer and already published at %s", id, strings.Join(refs, ", "))
+	}
+
+	created := false
+	if err := os.Mkdir(target, 0o750); err == nil {
+		created = true
+	} else if !errors.Is(err, os.ErrExist) {
+		return nil, status.Errorf(codes.Internal, "create target %s: %v", target, err)
+	}
+	opts := append([]string{"bind"}, flags...)
+	if readOnly {
+		opts = append(opts, "ro")
+	}
+	if err := d.mounter.Mount(src, target, "", opts); err != nil {
+		if created {
+			os.Remove(target)
+		}
+		return nil, status.Errorf(codes.Internal, "bind-mount %s at %s: %v", src, target, err)
+	}
+	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+// existingVolumeDir returns the volume's directory, or NOT_FOUND.
+func (d *Driver) existingVolumeDir(id string) (string, error) {
+	rec, err := d.readRecord(id)
+	if err != nil {
+		return "", status.Errorf(codes.Internal, "volume %s: %v", id, err)
+	}
+	dir := d.volumeDir(id)
+	fi, err := os.Lstat(dir)
+	if rec == nil || err != nil {
+		return "", status.Errorf(codes.NotFound, "volume %s does not exist on node %s", id, d.nodeID)
+	}
+	if !fi.IsDir() {
+		return "", status.Errorf(codes.Internal, "%s is not a directory", dir)
+	}
+	return dir, nil
+}
+
+func (d *Driver) mountedReadOnly(target string) (bool, error) {
+	mps, err := d.mounter.List()
+	if err != nil {
+		return false, err
+	}
+	ro := false
+	for _, mp := range mps { // the last entry for a path is the visible one
+		if mp.Path == target {
+			ro = slices.Contains(mp.Opts, "ro")
+		}
+	}
+	return ro, nil
+}
+
+// NodeUnpublishVolume unmounts the target and removes it.
+func (d *Driver) NodeUnpublishVolume(_ context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
+	id, target := req.GetVolumeId(), req.GetTargetPath()
+	if err := driver.ValidID("volume ID", id); err != nil {
+		return nil, err
+	}
+	if err := driver.CheckHostPath("target path", target); err != nil {
+		return nil, err
+	}
+	unlock, err := d.locks.TryLock(id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if err := mount.CleanupMountPoint(target, d.mounter, true); err != nil {
+		return nil, status.Errorf(codes.Internal, "unmount %s: %v", target, err)
+	}
+	return &csi.NodeUnpublishVolumeResponse{}, nil
+}
+
+// NodeGetVolumeStats reports the bytes and inodes of the filesystem holding
+// the volume: directories have no quota.
+func (d *Driver) NodeGetVolumeStats(_ context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
+	id, p := req.GetVolumeId(), req.GetVolumePath()
+	if err := driver.ValidID("volume ID", id); err != nil {
+		return nil, err
+	}
+	if p == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume path is required")
+	}
+	src, err := d.existingVolumeDir(id)
+	if err != nil {
+		return nil, err
+	}
+	if !filepath.IsAbs(p) {
+		return nil, status.Errorf(codes.NotFound, "volume path %q is not an absolute path", p)
+	}
+	p = filepath.Clean(p)
+	if p != src {
+		refs, err := d.mounter.GetMountRefs(src)
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "check mounts of %s: %v", src, err)
+		}
+		if !slices.Contains(refs, p) {
+			return nil, status.Errorf(codes.NotFound, "volume %s is not mounted at %s", id, p)
+		}
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(p, &st); err != nil {
+		return nil, status.Errorf(codes.Internal, "statfs %s: %v", p, err)
+	}
+	bs := st.Bsize
+	return &csi.NodeGetVolumeStatsResponse{
+		Usage: []*csi.VolumeUsage{
+			{Unit: csi.VolumeUsage_BYTES, Total: int64(st.Blocks) * bs, Available: int64(st.Bavail) * bs, Used: int64(st.Blocks-st.Bfree) * bs},
+			{Unit: csi.VolumeUsage_INODES, Total: int64(st.Files), Available: int64(st.Ffree), Used: int64(st.Files - st.Ffree)},
+		},
+	}, nil
+}
+
+// NodeGetInfo returns the node ID and the topology segment that pins volumes here.
+func (d *Driver) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
+	return &csi.NodeGetInfoResponse{NodeId: d.nodeID, AccessibleTopology: d.topology()}, nil
+}
+
+// NodeGetCapabilities lists the node RPCs the driver implements.
+func (d *Driver) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {
+	var caps []*csi.NodeServiceCapability
+	for _, c := range []csi.NodeServiceCapability_RPC_Type{
+		csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
+		csi.NodeServiceCapability_RPC_GET_VOLUME_HEALTH,
+		csi.NodeServiceCapability_RPC_GET_STORAGE_HEALTH,
+		csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+	} {
+		caps = append(caps, &csi.NodeServiceCapability{Type: &csi.NodeServiceCapability_Rpc{
+			Rpc: &csi.NodeServiceCapability_RPC{Type: c}}})
+	}
+	return &csi.NodeGetCapabilitiesResponse{Capabilities: caps}, nil
+}
+
+// NodeGetVolumeHealth reports DATA_LOSS when the volume's directory vanished
+// from under its record (someone removed it by hand), healthy otherwise.
+func (d *Driver) NodeGetVolumeHealth(_ context.Context, req *csi.NodeGetVolumeHealthRequest) (*csi.NodeGetVolumeHealthResponse, error) {
+	id := req.GetVolumeId()
+	if err := driver.ValidID("volume ID", id); err != nil {
+		return nil, err
+	}
+	rec, err := d.readRecord(id)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "volume %s: %v", id, err)
+	}
+	if rec == nil {
+		return nil, status.Errorf(codes.NotFound, "volume %s does not exist on node %s", id, d.nodeID)
+	}
+	h := &csi.VolumeHealth{VolumeId: id}
+	if fi, err := os.Lstat(d.volumeDir(id)); err != nil || !fi.IsDir() {
+		h.HealthStatuses = []*csi.VolumeHealth_VolumeHealthEntry{{
+			Status:  csi.VolumeHealthErrorType_DATA_LOSS,
+			Reason:  "VolumeDirectoryMissing",
+			Message: "the directory " + d.volumeDir(id) + " of this volume is gone",
+		}}
+	}
+	return &csi.NodeGetVolumeHealthResponse{VolumeHealth: h}, nil
+}
+
+// NodeGetStorageHealth reports the root directory unreachable when it is not usable.
+func (d *Driver) NodeGetStorageHealth(ctx context.Context, _ *csi.NodeGetStorageHealthRequest) (*csi.NodeGetStorageHealthResponse, error) {
+	resp := &csi.NodeGetStorageHealthResponse{}
+	if _, err := d.Probe(ctx, nil); err != nil {
+		resp.BackendHealth = []*csi.NodeGetStorageHealthResponse_StorageBackendHealth{{
+			Status:  csi.StorageHealthErrorType_STORAGE_UNREACHABLE,
+			Reason:  "RootUnusable",
+			Message: status.Convert(err).Message(),
+		}}
+	}
+	return resp, nil
+}

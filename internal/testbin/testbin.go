@@ -1,0 +1,136 @@
+// Package testbin builds the monocsi binary for tests that run it as a real
+// process, and starts it with its log captured for failure reports.
+package testbin
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// Build compiles cmd/monocsi once per test process and returns its path.
+func Build(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		_, file, _, _ := runtime.Caller(0)
+		repo := filepath.Join(filepath.Dir(file), "..", "..")
+		dir, err := os.MkdirTemp("", "monocsi-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "monocsi")
+		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/monocsi")
+		cmd.Dir = repo
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// Process is a running monocsi.
+type Process struct {
+	cmd  *exec.Cmd
+	log  *bytes.Buffer
+	done chan error
+}
+
+// Start runs monocsi with args; it is stopped with SIGTERM at test cleanup,
+// and its log is printed if the test failed.
+func Start(t testing.TB, args ...string) *Process {
+	t.Helper()
+	p := &Process{cmd: exec.Command(Build(t), args...), log: &bytes.Buffer{}, done: make(chan error, 1)}
+	w := &syncWriter{w: p.log}
+	p.cmd.Stdout, p.cmd.Stderr = w, w
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.done <- p.cmd.Wait() }()
+	t.Cleanup(func() {
+		if err := p.Stop(); err != nil {
+			t.Errorf("monocsi did not stop cleanly: %v", err)
+		}
+		if t.Failed() {
+			t.Logf("monocsi log:\n%s", w.String())
+		}
+	})
+	return p
+}
+
+// Stop sends SIGTERM and waits for the exit (SIGKILL after 15 s).
+func (p *Process) Stop() error {
+	if p.cmd.ProcessState != nil {
+		return nil
+	}
+	_ = p.cmd.Process.Signal(os.Interrupt)
+	select {
+	case err := <-p.done:
+		return err
+	case <-time.After(15 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		return fmt.Errorf("killed after 15 s")
+	}
+}
+
+// Exited returns the exit error once the process has ended, or false.
+func (p *Process) Exited(wait time.Duration) (error, bool) {
+	select {
+	case err := <-p.done:
+		p.done <- err
+		return err, true
+	case <-time.After(wait):
+		return nil, false
+	}
+}
+
+// WaitForSocket waits until a Unix socket at path accepts connections.
+func WaitForSocket(ctx context.Context, t testing.TB, path string) {
+	t.Helper()
+	for {
+		if c, err := net.Dial("unix", path); err == nil {
+			c.Close()
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("socket %s never came up", path)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+type syncWriter struct {
+	mu sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (s *syncWriter) Write(b []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(b)
+}
+
+func (s *syncWriter) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.String()
+}
