@@ -29,15 +29,25 @@ func (d *Driver) CreateVolume(_ context.Context, req *csi.CreateVolumeRequest) (
 	if err := driver.CheckParameters(req.GetParameters()); err != nil {
 		return nil, err
 	}
-	if req.GetVolumeContentSource() != nil {
-		return nil, status.Error(codes.InvalidArgument, "the local driver cannot create a volume from a snapshot or another volume")
-	}
 	if err := d.checkAccessible(req.GetAccessibilityRequirements()); err != nil {
 		return nil, err
 	}
 	size, err := requestedSize(req.GetCapacityRange())
 	if err != nil {
 		return nil, err
+	}
+	src := req.GetVolumeContentSource()
+	source, minSize, err := d.contentSource(src)
+	if err != nil {
+		return nil, err
+	}
+	if source != "" {
+		if size == 0 {
+			size = minSize
+		}
+		if lim := req.GetCapacityRange().GetLimitBytes(); size < minSize || lim > 0 && lim < minSize {
+			return nil, status.Errorf(codes.OutOfRange, "%s needs at least %d bytes, the request allows %d", source, minSize, max(size, lim))
+		}
 	}
 
 	unlock, err := d.locks.TryLock(id)
@@ -56,16 +66,20 @@ func (d *Driver) CreateVolume(_ context.Context, req *csi.CreateVolumeRequest) (
 			return nil, status.Errorf(codes.AlreadyExists,
 				"volume %s already exists with %d bytes, which does not fit the requested range", id, rec.CapacityBytes)
 		}
+		if rec.Source != source {
+			return nil, status.Errorf(codes.AlreadyExists, "volume %s already exists with a different content source (%q)", id, rec.Source)
+		}
 		size = rec.CapacityBytes
-	} else if free, err := d.freeBytes(); err != nil {
-		return nil, status.Errorf(codes.Internal, "read free space of %s: %v", d.root, err)
-	} else if size > free {
-		return nil, status.Errorf(codes.ResourceExhausted,
-			"node %s has %d bytes free under %s, the volume asks for %d", d.nodeID, free, d.root, size)
+	} else if err := d.checkFree(size); err != nil {
+		return nil, err
 	}
 
 	dir := d.volumeDir(id)
-	if err := os.Mkdir(dir, 0o777); err != nil && !errors.Is(err, os.ErrExist) {
+	if rec == nil && source != "" {
+		if err := d.populate(dir, id, src); err != nil {
+			return nil, err
+		}
+	} else if err := os.Mkdir(dir, 0o777); err != nil && !errors.Is(err, os.ErrExist) {
 		return nil, status.Errorf(codes.Internal, "create %s: %v", dir, err)
 	}
 	if fi, err := os.Lstat(dir); err != nil || !fi.IsDir() {
@@ -77,12 +91,14 @@ func (d *Driver) CreateVolume(_ context.Context, req *csi.CreateVolumeRequest) (
 		return nil, status.Errorf(codes.Internal, "chmod %s: %v", dir, err)
 	}
 	if rec == nil {
-		if err := d.writeRecord(id, record{CapacityBytes: size, Created: time.Now().UTC()}); err != nil {
-			os.Remove(dir) // empty: nothing was published yet
+		if err := writeJSON(d.recordPath(id), record{CapacityBytes: size, Created: time.Now().UTC(), Source: source}); err != nil {
+			os.RemoveAll(dir) // nothing was published yet: no record, no volume
 			return nil, status.Errorf(codes.Internal, "record volume %s: %v", id, err)
 		}
 	}
-	return &csi.CreateVolumeResponse{Volume: d.volume(id, size)}, nil
+	resp := d.volume(id, size)
+	resp.ContentSource = src
+	return &csi.CreateVolumeResponse{Volume: resp}, nil
 }
 
 func (d *Driver) volume(id string, size int64) *csi.Volume {
@@ -167,7 +183,7 @@ func (d *Driver) DeleteVolume(_ context.Context, req *csi.DeleteVolumeRequest) (
 	if err := os.RemoveAll(dir); err != nil {
 		return nil, status.Errorf(codes.Internal, "remove %s: %v", dir, err)
 	}
-	if err := d.removeRecord(id); err != nil {
+	if err := removeFile(d.recordPath(id)); err != nil {
 		return nil, status.Errorf(codes.Internal, "remove record of %s: %v", id, err)
 	}
 	return &csi.DeleteVolumeResponse{}, nil
@@ -221,43 +237,58 @@ func (d *Driver) ValidateVolumeCapabilities(_ context.Context, req *csi.Validate
 	}}, nil
 }
 
-// listTokenPrefix marks a ListVolumes token; the rest is the last ID returned,
-// so a token stays valid when that volume is deleted in between.
-const listTokenPrefix = "after:"
-
 // ListVolumes pages through the volumes in ID order.
 func (d *Driver) ListVolumes(_ context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
-	if req.GetMaxEntries() < 0 {
-		return nil, status.Error(codes.InvalidArgument, "max_entries must not be negative")
-	}
-	after := ""
-	if tok := req.GetStartingToken(); tok != "" {
-		var ok bool
-		after, ok = strings.CutPrefix(tok, listTokenPrefix)
-		if !ok || driver.ValidID("token", after) != nil {
-			return nil, status.Errorf(codes.Aborted, "starting token %q was not issued by this driver", tok)
-		}
-	}
-	ids, err := d.listRecords()
+	ids, err := listIDs(d.recordDir())
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "list volumes: %v", err)
 	}
 	resp := &csi.ListVolumesResponse{}
+	resp.NextToken, err = page(ids, req.GetStartingToken(), req.GetMaxEntries(), func(id string) bool {
+		rec, err := d.readRecord(id)
+		if err != nil || rec == nil {
+			return false // deleted meanwhile, or damaged (reported by calls on that volume)
+		}
+		resp.Entries = append(resp.Entries, &csi.ListVolumesResponse_Entry{Volume: d.volume(id, rec.CapacityBytes)})
+		return true
+	})
+	if err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
+// listTokenPrefix marks a list token; the rest is the last ID returned, so a
+// token stays valid when that entry is deleted in between.
+const listTokenPrefix = "after:"
+
+// page calls add for the sorted ids after the starting token until add has
+// accepted max entries (0: no limit), and returns the next token.
+func page(ids []string, token string, maxEntries int32, add func(id string) bool) (string, error) {
+	if maxEntries < 0 {
+		return "", status.Error(codes.InvalidArgument, "max_entries must not be negative")
+	}
+	after := ""
+	if token != "" {
+		var ok bool
+		after, ok = strings.CutPrefix(token, listTokenPrefix)
+		if !ok || driver.ValidID("token", after) != nil {
+			return "", status.Errorf(codes.Aborted, "starting token %q was not issued by this driver", token)
+		}
+	}
+	n, last := int32(0), ""
 	for _, id := range ids {
 		if id <= after {
 			continue
 		}
-		if req.GetMaxEntries() > 0 && len(resp.Entries) == int(req.GetMaxEntries()) {
-			resp.NextToken = listTokenPrefix + resp.Entries[len(resp.Entries)-1].Volume.VolumeId
-			break
+		if maxEntries > 0 && n == maxEntries {
+			return listTokenPrefix + last, nil
 		}
-		rec, err := d.readRecord(id)
-		if err != nil || rec == nil {
-			continue // deleted meanwhile, or damaged (reported by calls on that volume)
+		if add(id) {
+			n, last = n+1, id
 		}
-		resp.Entries = append(resp.Entries, &csi.ListVolumesResponse_Entry{Volume: d.volume(id, rec.CapacityBytes)})
 	}
-	return resp, nil
+	return "", nil
 }
 
 // GetCapacity reports the free bytes of the root's filesystem for this node's
@@ -292,9 +323,70 @@ func (d *Driver) ControllerGetCapabilities(context.Context, *csi.ControllerGetCa
 		csi.ControllerServiceCapability_RPC_LIST_VOLUMES,
 		csi.ControllerServiceCapability_RPC_GET_CAPACITY,
 		csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+		csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT,
+		csi.ControllerServiceCapability_RPC_LIST_SNAPSHOTS,
+		csi.ControllerServiceCapability_RPC_GET_SNAPSHOT,
+		csi.ControllerServiceCapability_RPC_CLONE_VOLUME,
+		csi.ControllerServiceCapability_RPC_EXPAND_VOLUME,
+		csi.ControllerServiceCapability_RPC_GET_VOLUME_HEALTH,
+		csi.ControllerServiceCapability_RPC_LIST_VOLUME_HEALTH,
 	} {
 		caps = append(caps, &csi.ControllerServiceCapability{Type: &csi.ControllerServiceCapability_Rpc{
 			Rpc: &csi.ControllerServiceCapability_RPC{Type: c}}})
 	}
 	return &csi.ControllerGetCapabilitiesResponse{Capabilities: caps}, nil
+}
+
+// ControllerGetVolumeHealth reports the volume's health (see health).
+func (d *Driver) ControllerGetVolumeHealth(_ context.Context, req *csi.ControllerGetVolumeHealthRequest) (*csi.ControllerGetVolumeHealthResponse, error) {
+	h, err := d.health(req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	return &csi.ControllerGetVolumeHealthResponse{VolumeHealth: h}, nil
+}
+
+// ControllerListVolumeHealth pages through every volume's health.
+func (d *Driver) ControllerListVolumeHealth(_ context.Context, req *csi.ControllerListVolumeHealthRequest) (*csi.ControllerListVolumeHealthResponse, error) {
+	ids, err := listIDs(d.recordDir())
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "list volumes: %v", err)
+	}
+	resp := &csi.ControllerListVolumeHealthResponse{}
+	resp.NextToken, err = page(ids, req.GetStartingToken(), req.GetMaxEntries(), func(id string) bool {
+		h, err := d.health(id)
+		if err != nil {
+			return false
+		}
+		resp.Entries = append(resp.Entries, h)
+		return true
+	})
+	if err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
+// health is DATA_LOSS when the volume's directory vanished from under its
+// record (someone removed it by hand), healthy otherwise.
+func (d *Driver) health(id string) (*csi.VolumeHealth, error) {
+	if err := driver.ValidID("volume ID", id); err != nil {
+		return nil, err
+	}
+	rec, err := d.readRecord(id)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "volume %s: %v", id, err)
+	}
+	if rec == nil {
+		return nil, status.Errorf(codes.NotFound, "volume %s does not exist on node %s", id, d.nodeID)
+	}
+	h := &csi.VolumeHealth{VolumeId: id}
+	if fi, err := os.Lstat(d.volumeDir(id)); err != nil || !fi.IsDir() {
+		h.HealthStatuses = []*csi.VolumeHealth_VolumeHealthEntry{{
+			Status:  csi.VolumeHealthErrorType_DATA_LOSS,
+			Reason:  "VolumeDirectoryMissing",
+			Message: "the directory " + d.volumeDir(id) + " of this volume is gone",
+		}}
+	}
+	return h, nil
 }

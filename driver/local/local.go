@@ -4,8 +4,11 @@
 //
 // Layout under the root:
 //
-//	<root>/<volume-id>/              the volume's data
-//	<root>/.monocsi/<volume-id>.json its record (capacity, creation time)
+//	<root>/<volume-id>/                           the volume's data
+//	<root>/.monocsi/<volume-id>.json              its record (capacity, creation time)
+//	<root>/.monocsi/snapshots/<snap-id>.tar.gz    a snapshot's archive
+//	<root>/.monocsi/snapshots/<snap-id>.json      its record
+//	<root>/.monocsi/new/<volume-id>/              a clone or restore being filled
 //
 // The record is the commit point: a volume exists exactly when its record
 // does. CreateVolume makes the directory first and the record last;
@@ -78,10 +81,13 @@ func New(c Config) (*Driver, error) {
 	if err := os.MkdirAll(root, 0o711); err != nil {
 		return nil, fmt.Errorf("local driver: create root: %w", err)
 	}
-	if err := os.MkdirAll(filepath.Join(root, metaDirName), 0o700); err != nil {
-		return nil, fmt.Errorf("local driver: create record directory: %w", err)
+	d := &Driver{name: c.Name, nodeID: c.NodeID, root: root, version: c.Version, mounter: c.Mounter}
+	for _, dir := range []string{d.recordDir(), d.snapshotDir(), d.newDir()} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("local driver: create %s: %w", dir, err)
+		}
 	}
-	return &Driver{name: c.Name, nodeID: c.NodeID, root: root, version: c.Version, mounter: c.Mounter}, nil
+	return d, nil
 }
 
 // topology is the segment every volume of this node is accessible from.

@@ -209,27 +209,11 @@ func (d *Driver) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRe
 	return &csi.NodeGetCapabilitiesResponse{Capabilities: caps}, nil
 }
 
-// NodeGetVolumeHealth reports DATA_LOSS when the volume's directory vanished
-// from under its record (someone removed it by hand), healthy otherwise.
+// NodeGetVolumeHealth reports the volume's health (see health).
 func (d *Driver) NodeGetVolumeHealth(_ context.Context, req *csi.NodeGetVolumeHealthRequest) (*csi.NodeGetVolumeHealthResponse, error) {
-	id := req.GetVolumeId()
-	if err := driver.ValidID("volume ID", id); err != nil {
-		return nil, err
-	}
-	rec, err := d.readRecord(id)
+	h, err := d.health(req.GetVolumeId())
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "volume %s: %v", id, err)
-	}
-	if rec == nil {
-		return nil, status.Errorf(codes.NotFound, "volume %s does not exist on node %s", id, d.nodeID)
-	}
-	h := &csi.VolumeHealth{VolumeId: id}
-	if fi, err := os.Lstat(d.volumeDir(id)); err != nil || !fi.IsDir() {
-		h.HealthStatuses = []*csi.VolumeHealth_VolumeHealthEntry{{
-			Status:  csi.VolumeHealthErrorType_DATA_LOSS,
-			Reason:  "VolumeDirectoryMissing",
-			Message: "the directory " + d.volumeDir(id) + " of this volume is gone",
-		}}
+		return nil, err
 	}
 	return &csi.NodeGetVolumeHealthResponse{VolumeHealth: h}, nil
 }

@@ -14,36 +14,66 @@ import (
 type record struct {
 	CapacityBytes int64     `json:"capacityBytes"`
 	Created       time.Time `json:"created"`
+	// Source is "snapshot/<id>" or "volume/<id>" for a restored or cloned
+	// volume, so a repeated CreateVolume can tell whether it asks for the same.
+	Source string `json:"source,omitempty"`
 }
 
-func (d *Driver) recordDir() string { return filepath.Join(d.root, metaDirName) }
+// snapshotRecord describes a snapshot: a compressed archive of a volume.
+type snapshotRecord struct {
+	SourceVolume string    `json:"sourceVolume"`
+	SizeBytes    int64     `json:"sizeBytes"` // the source's capacity: the smallest volume it restores into
+	Created      time.Time `json:"created"`
+}
 
-func (d *Driver) recordPath(id string) string { return filepath.Join(d.recordDir(), id+".json") }
+func (d *Driver) recordDir() string   { return filepath.Join(d.root, metaDirName) }
+func (d *Driver) snapshotDir() string { return filepath.Join(d.recordDir(), "snapshots") }
+func (d *Driver) newDir() string      { return filepath.Join(d.recordDir(), "new") }
 
-// readRecord returns the volume's record, or (nil, nil) when it does not exist.
+func (d *Driver) recordPath(id string) string   { return filepath.Join(d.recordDir(), id+".json") }
+func (d *Driver) snapshotPath(id string) string { return filepath.Join(d.snapshotDir(), id+".json") }
+func (d *Driver) archivePath(id string) string  { return filepath.Join(d.snapshotDir(), id+".tar.gz") }
+
 func (d *Driver) readRecord(id string) (*record, error) {
-	b, err := os.ReadFile(d.recordPath(id))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
 	var r record
-	if err := json.Unmarshal(b, &r); err != nil || r.CapacityBytes < 0 {
-		return nil, fmt.Errorf("record %s is damaged: %v", d.recordPath(id), err)
+	ok, err := readJSON(d.recordPath(id), &r)
+	if !ok || err != nil || r.CapacityBytes < 0 {
+		return nil, err
 	}
 	return &r, nil
 }
 
-// writeRecord writes the record atomically (temporary file, fsync, rename).
-func (d *Driver) writeRecord(id string, r record) error {
-	b, err := json.Marshal(r)
+func (d *Driver) readSnapshot(id string) (*snapshotRecord, error) {
+	var r snapshotRecord
+	ok, err := readJSON(d.snapshotPath(id), &r)
+	if !ok || err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// readJSON decodes file into v; (false, nil) when the file does not exist.
+func readJSON(file string, v any) (bool, error) {
+	b, err := os.ReadFile(file)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return false, fmt.Errorf("record %s is damaged: %v", file, err)
+	}
+	return true, nil
+}
+
+// writeJSON writes v to file atomically (temporary file, fsync, rename).
+func writeJSON(file string, v any) error {
+	b, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	final := d.recordPath(id)
-	f, err := os.CreateTemp(filepath.Dir(final), "."+id+".*.tmp")
+	f, err := os.CreateTemp(filepath.Dir(file), ".record-*.tmp")
 	if err != nil {
 		return err
 	}
@@ -56,7 +86,7 @@ func (d *Driver) writeRecord(id string, r record) error {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Rename(tmp, final)
+		err = os.Rename(tmp, file)
 	}
 	if err != nil {
 		os.Remove(tmp)
@@ -64,17 +94,17 @@ func (d *Driver) writeRecord(id string, r record) error {
 	return err
 }
 
-func (d *Driver) removeRecord(id string) error {
-	err := os.Remove(d.recordPath(id))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
+// removeFile removes file; a missing file is fine.
+func removeFile(file string) error {
+	if err := os.Remove(file); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
 	}
-	return err
+	return nil
 }
 
-// listRecords returns the IDs of all volumes, sorted.
-func (d *Driver) listRecords() ([]string, error) {
-	entries, err := os.ReadDir(d.recordDir())
+// listIDs returns the IDs of the *.json records in dir, sorted.
+func listIDs(dir string) ([]string, error) {
+	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, err
 	}

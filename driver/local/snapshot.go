@@ -1,0 +1,261 @@
+package local
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+	"time"
+
+	"github.com/monocsi/monocsi/driver"
+	"github.com/monocsi/monocsi/internal/treecopy"
+)
+
+// Snapshots are gzip-compressed tar archives of a volume's directory, kept
+// under the root on the same node (like csi-driver-nfs's tar.gz snapshots).
+// They are ready as soon as CreateSnapshot returns.
+
+func snapshotLock(id string) string { return "snapshot/" + id }
+
+// CreateSnapshot archives the source volume. The same name for the same
+// source returns the existing snapshot; for another source, ALREADY_EXISTS.
+func (d *Driver) CreateSnapshot(_ context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
+	id, srcID := req.GetName(), req.GetSourceVolumeId()
+	if err := driver.ValidID("snapshot name", id); err != nil {
+		return nil, err
+	}
+	if err := driver.ValidID("source volume ID", srcID); err != nil {
+		return nil, err
+	}
+	if err := driver.CheckParameters(req.GetParameters()); err != nil {
+		return nil, err
+	}
+	unlock, err := d.locks.TryLock(snapshotLock(id))
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+
+	if snap, err := d.readSnapshot(id); err != nil {
+		return nil, status.Errorf(codes.Internal, "snapshot %s: %v", id, err)
+	} else if snap != nil {
+		if snap.SourceVolume != srcID {
+			return nil, status.Errorf(codes.AlreadyExists, "snapshot %s already exists for volume %s", id, snap.SourceVolume)
+		}
+		return &csi.CreateSnapshotResponse{Snapshot: d.snapshot(id, snap)}, nil
+	}
+	rec, err := d.readRecord(srcID)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "volume %s: %v", srcID, err)
+	}
+	if rec == nil {
+		return nil, status.Errorf(codes.NotFound, "source volume %s does not exist on node %s", srcID, d.nodeID)
+	}
+	if _, err := treecopy.WriteFile(d.archivePath(id), d.volumeDir(srcID)); err != nil {
+		return nil, status.Errorf(codes.Internal, "archive volume %s: %v", srcID, err)
+	}
+	snap := &snapshotRecord{SourceVolume: srcID, SizeBytes: rec.CapacityBytes, Created: time.Now().UTC()}
+	if err := writeJSON(d.snapshotPath(id), snap); err != nil {
+		removeFile(d.archivePath(id))
+		return nil, status.Errorf(codes.Internal, "record snapshot %s: %v", id, err)
+	}
+	return &csi.CreateSnapshotResponse{Snapshot: d.snapshot(id, snap)}, nil
+}
+
+func (d *Driver) snapshot(id string, s *snapshotRecord) *csi.Snapshot {
+	return &csi.Snapshot{
+		SnapshotId:         id,
+		SourceVolumeId:     s.SourceVolume,
+		SizeBytes:          s.SizeBytes,
+		CreationTime:       timestamppb.New(s.Created),
+		ReadyToUse:         true,
+		AccessibleTopology: []*csi.Topology{d.topology()},
+	}
+}
+
+// DeleteSnapshot removes the archive, then the record. Unknown IDs are fine.
+func (d *Driver) DeleteSnapshot(_ context.Context, req *csi.DeleteSnapshotRequest) (*csi.DeleteSnapshotResponse, error) {
+	id := req.GetSnapshotId()
+	if err := driver.ValidID("snapshot ID", id); err != nil {
+		return nil, err
+	}
+	unlock, err := d.locks.TryLock(snapshotLock(id))
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	for _, f := range []string{d.archivePath(id), d.snapshotPath(id)} {
+		if err := removeFile(f); err != nil {
+			return nil, status.Errorf(codes.Internal, "delete snapshot %s: %v", id, err)
+		}
+	}
+	return &csi.DeleteSnapshotResponse{}, nil
+}
+
+// GetSnapshot returns one snapshot, or NOT_FOUND.
+func (d *Driver) GetSnapshot(_ context.Context, req *csi.GetSnapshotRequest) (*csi.GetSnapshotResponse, error) {
+	id := req.GetSnapshotId()
+	if err := driver.ValidID("snapshot ID", id); err != nil {
+		return nil, err
+	}
+	snap, err := d.readSnapshot(id)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "snapshot %s: %v", id, err)
+	}
+	if snap == nil {
+		return nil, status.Errorf(codes.NotFound, "snapshot %s does not exist", id)
+	}
+	return &csi.GetSnapshotResponse{Snapshot: d.snapshot(id, snap)}, nil
+}
+
+// ListSnapshots pages through the snapshots, optionally filtered by ID or source.
+func (d *Driver) ListSnapshots(_ context.Context, req *csi.ListSnapshotsRequest) (*csi.ListSnapshotsResponse, error) {
+	var ids []string
+	var err error
+	if one := req.GetSnapshotId(); one != "" {
+		if driver.ValidID("snapshot ID", one) == nil {
+			ids = []string{one}
+		}
+	} else if ids, err = listIDs(d.snapshotDir()); err != nil {
+		return nil, status.Errorf(codes.Internal, "list snapshots: %v", err)
+	}
+	resp := &csi.ListSnapshotsResponse{}
+	resp.NextToken, err = page(ids, req.GetStartingToken(), req.GetMaxEntries(), func(id string) bool {
+		snap, err := d.readSnapshot(id)
+		if err != nil || snap == nil || req.GetSourceVolumeId() != "" && snap.SourceVolume != req.GetSourceVolumeId() {
+			return false
+		}
+		resp.Entries = append(resp.Entries, &csi.ListSnapshotsResponse_Entry{Snapshot: d.snapshot(id, snap)})
+		return true
+	})
+	if err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
+// contentSource checks a CreateVolume content source and returns its
+// recorded name ("snapshot/<id>", "volume/<id>", or "") and the smallest
+// size a volume made from it may have.
+func (d *Driver) contentSource(src *csi.VolumeContentSource) (string, int64, error) {
+	switch {
+	case src == nil:
+		return "", 0, nil
+	case src.GetSnapshot() != nil:
+		id := src.GetSnapshot().GetSnapshotId()
+		if err := driver.ValidID("source snapshot ID", id); err != nil {
+			return "", 0, err
+		}
+		snap, err := d.readSnapshot(id)
+		if err != nil {
+			return "", 0, status.Errorf(codes.Internal, "snapshot %s: %v", id, err)
+		}
+		if snap == nil {
+			return "", 0, status.Errorf(codes.NotFound, "source snapshot %s does not exist on node %s", id, d.nodeID)
+		}
+		return "snapshot/" + id, snap.SizeBytes, nil
+	case src.GetVolume() != nil:
+		id := src.GetVolume().GetVolumeId()
+		if err := driver.ValidID("source volume ID", id); err != nil {
+			return "", 0, err
+		}
+		rec, err := d.readRecord(id)
+		if err != nil {
+			return "", 0, status.Errorf(codes.Internal, "volume %s: %v", id, err)
+		}
+		if rec == nil {
+			return "", 0, status.Errorf(codes.NotFound, "source volume %s does not exist on node %s", id, d.nodeID)
+		}
+		return "volume/" + id, rec.CapacityBytes, nil
+	}
+	return "", 0, status.Error(codes.InvalidArgument, "unsupported volume content source")
+}
+
+// populate fills a new volume's directory from its content source. The copy
+// is made in a scratch directory and renamed into place, so an interrupted
+// call never leaves a half-filled volume.
+func (d *Driver) populate(dir, id string, src *csi.VolumeContentSource) error {
+	tmp := filepath.Join(d.newDir(), id)
+	if err := os.RemoveAll(tmp); err != nil {
+		return status.Errorf(codes.Internal, "clear %s: %v", tmp, err)
+	}
+	if err := os.Mkdir(tmp, 0o777); err != nil {
+		return status.Errorf(codes.Internal, "create %s: %v", tmp, err)
+	}
+	var err error
+	if s := src.GetSnapshot(); s != nil {
+		err = treecopy.ExtractFile(d.archivePath(s.GetSnapshotId()), tmp)
+	} else {
+		err = treecopy.Copy(d.volumeDir(src.GetVolume().GetVolumeId()), tmp)
+	}
+	if err == nil {
+		// An empty directory left by an interrupted plain create may be in the way.
+		if rerr := os.Remove(dir); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+			err = rerr
+		}
+	}
+	if err == nil {
+		err = os.Rename(tmp, dir)
+	}
+	if err != nil {
+		os.RemoveAll(tmp)
+		return status.Errorf(codes.Internal, "fill volume %s from its source: %v", id, err)
+	}
+	return nil
+}
+
+// ControllerExpandVolume records the new size after checking free space. A
+// directory needs no node-side resize.
+func (d *Driver) ControllerExpandVolume(_ context.Context, req *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
+	id := req.GetVolumeId()
+	if err := driver.ValidID("volume ID", id); err != nil {
+		return nil, err
+	}
+	if req.GetCapacityRange() == nil {
+		return nil, status.Error(codes.InvalidArgument, "capacity range is required")
+	}
+	size, err := requestedSize(req.GetCapacityRange())
+	if err != nil {
+		return nil, err
+	}
+	unlock, err := d.locks.TryLock(id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	rec, err := d.readRecord(id)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "volume %s: %v", id, err)
+	}
+	if rec == nil {
+		return nil, status.Errorf(codes.NotFound, "volume %s does not exist on node %s", id, d.nodeID)
+	}
+	if size > rec.CapacityBytes {
+		if err := d.checkFree(size - rec.CapacityBytes); err != nil {
+			return nil, err
+		}
+		rec.CapacityBytes = size
+		if err := writeJSON(d.recordPath(id), rec); err != nil {
+			return nil, status.Errorf(codes.Internal, "record volume %s: %v", id, err)
+		}
+	}
+	return &csi.ControllerExpandVolumeResponse{CapacityBytes: rec.CapacityBytes}, nil
+}
+
+// checkFree fails with RESOURCE_EXHAUSTED when the root's filesystem has less
+// than n bytes free, which lets the scheduler try another node.
+func (d *Driver) checkFree(n int64) error {
+	free, err := d.freeBytes()
+	if err != nil {
+		return status.Errorf(codes.Internal, "read free space of %s: %v", d.root, err)
+	}
+	if n > free {
+		return status.Errorf(codes.ResourceExhausted, "node %s has %d bytes free under %s, the volume needs %d", d.nodeID, free, d.root, n)
+	}
+	return nil
+}
