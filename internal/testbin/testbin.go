@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"syscall"
 	"sync"
 	"testing"
 	"time"
@@ -48,59 +49,67 @@ func Build(t testing.TB) string {
 
 // Process is a running monocsi.
 type Process struct {
-	cmd  *exec.Cmd
-	log  *bytes.Buffer
-	done chan error
+	cmd    *exec.Cmd
+	log    *syncWriter
+	exited chan struct{} // closed when the process has ended
+	err    error         // its exit error, valid once exited is closed
 }
 
 // Start runs monocsi with args; it is stopped with SIGTERM at test cleanup,
 // and its log is printed if the test failed.
 func Start(t testing.TB, args ...string) *Process {
 	t.Helper()
-	p := &Process{cmd: exec.Command(Build(t), args...), log: &bytes.Buffer{}, done: make(chan error, 1)}
-	w := &syncWriter{w: p.log}
-	p.cmd.Stdout, p.cmd.Stderr = w, w
+	p := &Process{cmd: exec.Command(Build(t), args...), log: &syncWriter{w: &bytes.Buffer{}}, exited: make(chan struct{})}
+	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go func() { p.done <- p.cmd.Wait() }()
+	go func() { p.err = p.cmd.Wait(); close(p.exited) }()
 	t.Cleanup(func() {
 		if err := p.Stop(); err != nil {
 			t.Errorf("monocsi did not stop cleanly: %v", err)
 		}
 		if t.Failed() {
-			t.Logf("monocsi log:\n%s", w.String())
+			t.Logf("monocsi log:\n%s", p.Log())
 		}
 	})
 	return p
 }
 
-// Stop sends SIGTERM and waits for the exit (SIGKILL after 15 s).
+// Stop sends SIGTERM and waits for the exit (SIGKILL after 15 s). A process
+// that had already exited is the caller's business (see Exited): nil.
 func (p *Process) Stop() error {
-	if p.cmd.ProcessState != nil {
+	if _, exited := p.Exited(0); exited {
 		return nil
 	}
-	_ = p.cmd.Process.Signal(os.Interrupt)
-	select {
-	case err := <-p.done:
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	if err, exited := p.Exited(15 * time.Second); exited {
 		return err
-	case <-time.After(15 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-		return fmt.Errorf("killed after 15 s")
 	}
+	_ = p.cmd.Process.Kill()
+	<-p.exited
+	return fmt.Errorf("killed after 15 s")
 }
 
-// Exited returns the exit error once the process has ended, or false.
-func (p *Process) Exited(wait time.Duration) (error, bool) {
+// Exited waits up to wait for the process to end and returns its exit error.
+func (p *Process) Exited(wait time.Duration) (err error, exited bool) {
 	select {
-	case err := <-p.done:
-		p.done <- err
-		return err, true
-	case <-time.After(wait):
+	case <-p.exited:
+		return p.err, true
+	default:
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-p.exited:
+		return p.err, true
+	case <-t.C:
 		return nil, false
 	}
 }
+
+// Log returns what the process printed so far.
+func (p *Process) Log() string { return p.log.String() }
 
 // WaitForSocket waits until a Unix socket at path accepts connections.
 func WaitForSocket(ctx context.Context, t testing.TB, path string) {
