@@ -8,7 +8,9 @@ LDFLAGS     := -s -w -X github.com/monocsi/monocsi/internal/version.Version=$(VE
 BIN         := $(CURDIR)/bin
 STATICCHECK_VERSION := v0.8.2
 
-.PHONY: all build test unit sanity lint tools clean
+DEMO_DIR    ?= /tmp/monocsi-demo
+
+.PHONY: all build test unit sanity e2e demo demo-down lint clean
 
 all: build
 
@@ -16,17 +18,32 @@ all: build
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/monocsi ./cmd/monocsi
 
-## test: lint, unit tests, the node-role tests and csi-sanity (the CI command)
-test: lint unit sanity
+## test: lint, unit tests, node-role tests, csi-sanity and the e2e tests (the CI command)
+test:
+	@./hack/stages.sh lint unit sanity e2e
 
 ## unit: unit tests (real mounts: run as root) and the node-role tests
 unit:
-	$(GO) test -count=1 $$($(GO) list ./... | grep -v /test/sanity)
+	$(GO) test -count=1 $$($(GO) list ./... | grep -v -e /test/sanity -e /test/e2e)
 
 ## sanity: the upstream csi-sanity suite (csi-test v5.6.0) against `monocsi serve`
 sanity:
 	$(GO) test -count=1 -v ./test/sanity/ 2>&1 | tee sanity.out | grep -E '^(---|ok|FAIL|PASS)|Ran [0-9]+ of|Passed \|' ; \
 	  status=$${PIPESTATUS[0]}; [ $$status -eq 0 ] || tail -100 sanity.out; exit $$status
+
+## e2e: a real single-node Kubernetes (built and cached on first use), monocsi
+## installed from manifests/, and the end-to-end tests against it
+e2e:
+	$(GO) test -count=1 -timeout 60m -v ./test/e2e/ 2>&1 | tee e2e.out | grep -E '^(=== RUN|---|ok|FAIL|PASS|==>|    [0-9])|e2e' ; \
+	  status=$${PIPESTATUS[0]}; [ $$status -eq 0 ] || tail -150 e2e.out; exit $$status
+
+## demo: start the test cluster with monocsi and a pod writing into a volume; it keeps running
+demo:
+	$(GO) run ./test/cluster/testcluster demo $(DEMO_DIR)
+
+## demo-down: remove the demo cluster
+demo-down:
+	$(GO) run ./test/cluster/testcluster down $(DEMO_DIR)
 
 ## lint: gofmt, go vet, staticcheck, go mod tidy
 lint: $(BIN)/staticcheck
@@ -39,4 +56,4 @@ $(BIN)/staticcheck:
 	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 
 clean:
-	rm -rf $(BIN) sanity.out
+	rm -rf $(BIN) sanity.out e2e.out

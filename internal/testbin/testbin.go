@@ -7,7 +7,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
@@ -23,18 +22,15 @@ var (
 	buildErr  error
 )
 
-// Build compiles cmd/monocsi once per test process and returns its path.
+// Build compiles cmd/monocsi once per test process into bin/monocsi-test and
+// returns its path.
 func Build(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		_, file, _, _ := runtime.Caller(0)
 		repo := filepath.Join(filepath.Dir(file), "..", "..")
-		dir, err := os.MkdirTemp("", "monocsi-bin-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "monocsi")
+		// bin/ of the checkout (git-ignored): nothing left in /tmp.
+		binPath = filepath.Join(repo, "bin", "monocsi-test")
 		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/monocsi")
 		cmd.Dir = repo
 		if out, err := cmd.CombinedOutput(); err != nil {

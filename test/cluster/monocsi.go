@@ -1,0 +1,100 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	mount "k8s.io/mount-utils"
+)
+
+// LocalRoot is where the installed local driver keeps its volumes on the host.
+func (c *Cluster) LocalRoot() string { return filepath.Join(c.Dir, "local") }
+
+// InstallMonocsi installs monocsi the way a user does — `kubectl apply -k`
+// of manifests/ — through an overlay that only sets what differs here: the
+// kubelet directory and the local root. It waits for the node pod to be ready.
+func (c *Cluster) InstallMonocsi(ctx context.Context) error {
+	overlay := filepath.Join(c.Dir, "overlay")
+	if err := os.MkdirAll(overlay, 0o755); err != nil {
+		return err
+	}
+	base, err := filepath.Rel(overlay, filepath.Join(RepoRoot(), "manifests"))
+	if err != nil {
+		return err
+	}
+	k := fmt.Sprintf(`apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+- %s
+patches:
+- target: {kind: DaemonSet, name: monocsi-node}
+  patch: |-
+    - {op: replace, path: /spec/template/spec/containers/0/env/1/value, value: %[2]s}
+    - {op: replace, path: /spec/template/spec/containers/0/volumeMounts/0/mountPath, value: %[2]s}
+    - {op: replace, path: /spec/template/spec/volumes/0/hostPath/path, value: %[2]s}
+    - {op: replace, path: /spec/template/spec/volumes/1/hostPath/path, value: %[3]s}
+`, base, c.KubeletDir, c.LocalRoot())
+	if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(k), 0o644); err != nil {
+		return err
+	}
+	if _, err := c.Kubectl(ctx, "apply", "-k", overlay); err != nil {
+		return err
+	}
+	return c.WaitNodePodReady(ctx, 2*time.Minute)
+}
+
+// WaitNodePodReady waits until the monocsi node DaemonSet is fully rolled out.
+func (c *Cluster) WaitNodePodReady(ctx context.Context, limit time.Duration) error {
+	_, err := c.Kubectl(ctx, "-n", "monocsi", "rollout", "status", "daemonset/monocsi-node", "--timeout="+limit.String())
+	if err != nil {
+		pods, _ := c.Kubectl(ctx, "-n", "monocsi", "get", "pods", "-o", "wide")
+		events, _ := c.Kubectl(ctx, "-n", "monocsi", "get", "events", "--sort-by=.lastTimestamp")
+		return fmt.Errorf("%w\npods:\n%s\nevents:\n%s", err, pods, lastLines(events, 20))
+	}
+	return nil
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// CreateLocalVolume creates a local volume through the local driver's CSI
+// socket on the node, as an operator pre-creating a static volume would.
+func (c *Cluster) CreateLocalVolume(ctx context.Context, name string) error {
+	sock := filepath.Join(c.KubeletDir, "plugins", "local.csi.monocsi.io", "csi.sock")
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_, err = csi.NewControllerClient(conn).CreateVolume(ctx, &csi.CreateVolumeRequest{
+		Name:          name,
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 1 << 20},
+		VolumeCapabilities: []*csi.VolumeCapability{{
+			AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},
+			AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
+		}},
+	})
+	if err != nil {
+		return fmt.Errorf("CreateVolume %s over %s: %w", name, sock, err)
+	}
+	return nil
+}
+
+// MountsOf lists the mount points whose source is the host directory dir
+// (bind mounts of a local volume).
+func (c *Cluster) MountsOf(dir string) []string {
+	refs, _ := mount.New("").GetMountRefs(dir)
+	return refs
+}

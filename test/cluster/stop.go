@@ -1,0 +1,93 @@
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+	mount "k8s.io/mount-utils"
+)
+
+// Stop stops everything Start started: the kubelet first, then the
+// containers (through their shims), then containerd and the control plane;
+// unmounts whatever is left under the run directory and, unless keepLogs,
+// removes the directory. With keepLogs only the logs directory is kept.
+func (c *Cluster) Stop(keepLogs bool) error {
+	var errs []error
+	if err := c.stopProc("kubelet", 15*time.Second); err != nil {
+		errs = append(errs, err)
+	}
+	for _, pid := range shims(c.ContainerdSock) {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	for _, name := range []string{"containerd", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"} {
+		if err := c.stopProc(name, 10*time.Second); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, p := range c.Procs { // anything else a caller started through spawn
+		if err := terminate(p.PID, p.Bin, 10*time.Second); err != nil {
+			errs = append(errs, fmt.Errorf("stop %s: %w", p.Name, err))
+		}
+	}
+	c.Procs = nil
+	if err := unmountUnder(c.Dir); err != nil {
+		errs = append(errs, err)
+	}
+	if err := removeRunDir(c.Dir, keepLogs); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// unmountUnder unmounts every mount at or below dir, deepest first. The
+// containers are gone, so a busy mount gets a lazy unmount.
+func unmountUnder(dir string) error {
+	var lastErr error
+	for range 5 {
+		mps, err := mount.New("").List()
+		if err != nil {
+			return err
+		}
+		var under []string
+		for _, mp := range mps {
+			if mp.Path == dir || strings.HasPrefix(mp.Path, dir+"/") {
+				under = append(under, mp.Path)
+			}
+		}
+		if len(under) == 0 {
+			return nil
+		}
+		sort.Slice(under, func(i, j int) bool { return len(under[i]) > len(under[j]) })
+		for _, p := range under {
+			if err := unix.Unmount(p, 0); err != nil {
+				lastErr = unix.Unmount(p, unix.MNT_DETACH)
+			}
+		}
+	}
+	return fmt.Errorf("mounts left under %s: %v", dir, lastErr)
+}
+
+func removeRunDir(dir string, keepLogs bool) error {
+	if !keepLogs {
+		return os.RemoveAll(dir)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if e.Name() != "logs" {
+			if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
