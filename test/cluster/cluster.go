@@ -351,23 +351,29 @@ volumePluginDir: %s
 	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
 		return err
 	}
+	started := time.Now()
 	if err := c.spawn("kubelet", c.bin("kubelet"), "--kubeconfig="+c.Kubeconfig, "--config="+cfg,
 		"--hostname-override="+NodeName, "--node-ip=127.0.0.1", "--root-dir="+c.KubeletDir,
 		"--cert-dir="+filepath.Join(c.Dir, "pki", "kubelet")); err != nil {
 		return err
 	}
-	return c.waitNodeReady(ctx, 120*time.Second)
+	return c.waitNodeReady(ctx, started, 120*time.Second)
 }
 
 // StopKubelet stops the kubelet; pods keep running, as on a real node.
 func (c *Cluster) StopKubelet() error { return c.stopProc("kubelet", 15*time.Second) }
 
-func (c *Cluster) waitNodeReady(ctx context.Context, limit time.Duration) error {
+// waitNodeReady waits for a Ready heartbeat sent after since: a restarted
+// kubelet's node still shows the old Ready condition for a while.
+func (c *Cluster) waitNodeReady(ctx context.Context, since time.Time, limit time.Duration) error {
 	deadline := time.Now().Add(limit)
 	for {
-		out, err := c.Kubectl(ctx, "get", "node", NodeName, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status}`)
-		if err == nil && strings.TrimSpace(out) == "True" {
-			return nil
+		out, err := c.Kubectl(ctx, "get", "node", NodeName, "-o",
+			`jsonpath={.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Ready")].lastHeartbeatTime}`)
+		if f := strings.Fields(out); err == nil && len(f) == 2 && f[0] == "True" {
+			if hb, perr := time.Parse(time.RFC3339, f[1]); perr == nil && !hb.Before(since.Truncate(time.Second)) {
+				return nil
+			}
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("node %s not Ready after %s (last: %q %v)", NodeName, limit, out, err)

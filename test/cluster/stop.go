@@ -23,8 +23,8 @@ func (c *Cluster) Stop(keepLogs bool) error {
 	if err := c.stopProc("kubelet", 15*time.Second); err != nil {
 		errs = append(errs, err)
 	}
-	for _, pid := range shims(c.ContainerdSock) {
-		_ = syscall.Kill(pid, syscall.SIGKILL)
+	if err := killContainers(c.ContainerdSock); err != nil {
+		errs = append(errs, err)
 	}
 	for _, name := range []string{"containerd", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"} {
 		if err := c.stopProc(name, 10*time.Second); err != nil {
@@ -44,6 +44,25 @@ func (c *Cluster) Stop(keepLogs bool) error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// killContainers kills the shims of this cluster's containerd and every
+// process below them, and waits until they are gone.
+func killContainers(containerdSock string) error {
+	pids := shims(containerdSock)
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for _, pid := range pids {
+		for !zombie(pid) {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("container process %d survived SIGKILL", pid)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	return nil
 }
 
 // unmountUnder unmounts every mount at or below dir, deepest first. The

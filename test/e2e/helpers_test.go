@@ -99,7 +99,7 @@ func writerPod(t *testing.T, name, claim string) *corev1.Pod {
 			TerminationGracePeriodSeconds: &grace,
 			Containers: []corev1.Container{{
 				Name: "writer", Image: "localhost/busybox:local", ImagePullPolicy: corev1.PullNever,
-				Command: []string{"sh", "-c", `echo "hello from ` + name + `" > /data/hello; while true; do date >> /data/log; sleep 1; done`},
+				Command:      []string{"sh", "-c", `echo "hello from ` + name + `" > /data/hello; while true; do date >> /data/log; sleep 1; done`},
 				VolumeMounts: []corev1.VolumeMount{{Name: "data", MountPath: "/data"}},
 			}},
 			Volumes: []corev1.Volume{{Name: "data", VolumeSource: corev1.VolumeSource{
