@@ -28,7 +28,7 @@ unit:
 
 ## sanity: the upstream csi-sanity suite (csi-test v5.6.0) against `monocsi serve`
 sanity:
-	$(GO) test -count=1 -v ./test/sanity/ 2>&1 | tee sanity.out | grep -E '^(---|ok|FAIL|PASS)|Ran [0-9]+ of|Passed \|' ; \
+	$(GO) test -count=1 -v ./test/sanity/ -args -ginkgo.no-color 2>&1 | tee sanity.out | grep -E '^(---|ok|FAIL|PASS)|Ran [0-9]+ of|Passed \|' ; \
 	  status=$${PIPESTATUS[0]}; [ $$status -eq 0 ] || tail -100 sanity.out; exit $$status
 
 ## e2e: a real single-node Kubernetes (built and cached on first use), monocsi

@@ -8,10 +8,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 	"k8s.io/klog/v2"
 
 	"github.com/monocsi/monocsi/health"
+	"github.com/monocsi/monocsi/internal/kube"
+	"github.com/monocsi/monocsi/provisioner"
 	"github.com/monocsi/monocsi/nodeplugin"
 	"github.com/monocsi/monocsi/registrar"
 )
@@ -24,7 +28,13 @@ func runNode(ctx context.Context, args []string) error {
 	df.register(fs)
 	kubeletDir := fs.String("kubelet-dir", "/var/lib/kubelet", "the kubelet's root directory, at the same path inside the container as on the host")
 	drivers := fs.String("drivers", "local", "comma-separated drivers to enable")
-	httpEndpoint := fs.String("http-endpoint", "", "address (e.g. :9808) to serve /healthz on; empty disables it")
+	httpEndpoint := fs.String("http-endpoint", "", "address (e.g. :9808) to serve /healthz and /metrics on; empty disables it")
+	provision := fs.Bool("provision", true, "provision volumes of node-local drivers for claims scheduled to this node (needs the Kubernetes API)")
+	extraMetadata := fs.Bool("extra-create-metadata", true, "pass the claim's name and namespace and the PV name to CreateVolume (csi.storage.k8s.io/pvc/name, ...)")
+	var kf kube.Flags
+	fs.StringVar(&kf.Kubeconfig, "kubeconfig", "", "kubeconfig file; empty: the in-cluster configuration")
+	fs.Float64Var(&kf.QPS, "kube-api-qps", kube.DefaultQPS, "queries per second to the Kubernetes API")
+	fs.IntVar(&kf.Burst, "kube-api-burst", kube.DefaultBurst, "burst of queries to the Kubernetes API")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -64,9 +74,32 @@ func runNode(ctx context.Context, args []string) error {
 		checks = append(checks, probe, health.Check{Name: p.Name + " registration",
 			Run: func(context.Context) error { return reg.Healthy() }})
 	}
+	reg := prometheus.NewRegistry()
+	if *provision {
+		client, err := kf.Client()
+		if err != nil {
+			return fmt.Errorf("%w (run with --provision=false to serve volumes without provisioning)", err)
+		}
+		if err := provisioner.Register(reg); err != nil {
+			return err
+		}
+		var provs []*provisioner.Provisioner
+		for _, p := range plugins {
+			if !p.NodeLocal {
+				continue
+			}
+			prov, err := provisioner.New(ctx, client, provisioner.Options{Driver: p.Driver, NodeName: df.nodeID, ExtraCreateMetadata: *extraMetadata})
+			if err != nil {
+				return fmt.Errorf("provisioner for %s: %w", p.Name, err)
+			}
+			provs = append(provs, prov)
+		}
+		g.Go(func() error { provisioner.Run(ctx, client, provs); return nil })
+	}
 	if *httpEndpoint != "" {
 		mux := http.NewServeMux()
 		mux.Handle("/healthz", health.Handler(5*time.Second, checks...))
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 		g.Go(func() error { return health.Serve(ctx, *httpEndpoint, mux) })
 	}
 	klog.InfoS("Node role started", "node", df.nodeID, "drivers", len(plugins), "kubeletDir", *kubeletDir)

@@ -38,6 +38,9 @@ type Cluster struct {
 	ContainerdSock string `json:"containerdSock"`
 	Bins           string `json:"bins"`
 	Procs          []proc `json:"procs"`
+	// CreatedVarLibKubelet: /var/lib/kubelet did not exist before this run
+	// (the kubelet creates device-plugins/ there whatever its --root-dir).
+	CreatedVarLibKubelet bool `json:"createdVarLibKubelet"`
 }
 
 // Options configure Start.
@@ -99,6 +102,9 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 			_ = c.Stop(false)
 		}
 	}()
+	if _, err := os.Stat("/var/lib/kubelet"); errors.Is(err, os.ErrNotExist) {
+		c.CreatedVarLibKubelet = true
+	}
 	for _, d := range []string{c.Logs, c.KubeletDir, c.FlexDir, filepath.Join(dir, "pki"), filepath.Join(dir, "cni"), filepath.Dir(c.ContainerdSock)} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return c, err

@@ -40,7 +40,10 @@ patches:
     - {op: replace, path: /spec/template/spec/containers/0/volumeMounts/0/mountPath, value: %[2]s}
     - {op: replace, path: /spec/template/spec/volumes/0/hostPath/path, value: %[2]s}
     - {op: replace, path: /spec/template/spec/volumes/1/hostPath/path, value: %[3]s}
-`, base, c.KubeletDir, c.LocalRoot())
+    # No kube-proxy here: reach the apiserver directly on the host's loopback.
+    - {op: add, path: /spec/template/spec/containers/0/env/-, value: {name: KUBERNETES_SERVICE_HOST, value: "127.0.0.1"}}
+    - {op: add, path: /spec/template/spec/containers/0/env/-, value: {name: KUBERNETES_SERVICE_PORT, value: "%[4]d"}}
+`, base, c.KubeletDir, c.LocalRoot(), c.APIPort)
 	if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(k), 0o644); err != nil {
 		return err
 	}

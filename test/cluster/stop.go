@@ -1,9 +1,11 @@
 package cluster
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -23,6 +25,7 @@ func (c *Cluster) Stop(keepLogs bool) error {
 	if err := c.stopProc("kubelet", 15*time.Second); err != nil {
 		errs = append(errs, err)
 	}
+	c.deleteTasks()
 	if err := killContainers(c.ContainerdSock); err != nil {
 		errs = append(errs, err)
 	}
@@ -40,10 +43,56 @@ func (c *Cluster) Stop(keepLogs bool) error {
 	if err := unmountUnder(c.Dir); err != nil {
 		errs = append(errs, err)
 	}
+	if err := c.removeKubeletLeftovers(); err != nil {
+		errs = append(errs, err)
+	}
 	if err := removeRunDir(c.Dir, keepLogs); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// deleteTasks has containerd kill and delete every container, so their shims
+// exit cleanly and remove their sockets (under /run/containerd/s, a path the
+// shims do not let us choose).
+func (c *Cluster) deleteTasks() {
+	ctr := func(args ...string) string {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		out, _ := exec.CommandContext(ctx, "ctr", append([]string{"--address", c.ContainerdSock, "-n", "k8s.io"}, args...)...).Output()
+		return string(out)
+	}
+	if _, err := os.Stat(c.ContainerdSock); err != nil {
+		return
+	}
+	for _, id := range strings.Fields(ctr("tasks", "ls", "-q")) {
+		ctr("tasks", "delete", "--force", id)
+	}
+}
+
+// removeKubeletLeftovers removes what the kubelet writes outside its
+// --root-dir whatever it is told: container log links in /var/log/containers
+// pointing into the run directory, and /var/lib/kubelet/device-plugins when
+// this run created it.
+func (c *Cluster) removeKubeletLeftovers() error {
+	links, _ := filepath.Glob("/var/log/containers/*.log")
+	for _, l := range links {
+		if dest, err := os.Readlink(l); err == nil && strings.HasPrefix(dest, c.Dir+"/") {
+			if err := os.Remove(l); err != nil {
+				return err
+			}
+		}
+	}
+	if c.CreatedVarLibKubelet {
+		sock := "/var/lib/kubelet/device-plugins/kubelet.sock"
+		if fi, err := os.Lstat(sock); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			os.Remove(sock)
+		}
+		// Only empty directories: never anything another kubelet put there.
+		os.Remove("/var/lib/kubelet/device-plugins")
+		os.Remove("/var/lib/kubelet")
+	}
+	return nil
 }
 
 // killContainers kills the shims of this cluster's containerd and every

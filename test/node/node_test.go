@@ -38,7 +38,7 @@ func startNode(t *testing.T) *nodeRole {
 	n.regSock = filepath.Join(n.kubeletDir, "plugins_registry", driverName+"-reg.sock")
 	n.csiSock = filepath.Join(n.kubeletDir, "plugins", driverName, "csi.sock")
 	n.proc = testbin.Start(t, "node", "--node-id=node1", "--kubelet-dir="+n.kubeletDir, "--drivers=local",
-		"--local-root="+filepath.Join(dir, "local"), "--http-endpoint="+n.healthzAddr, "--v=2")
+		"--local-root="+filepath.Join(dir, "local"), "--http-endpoint="+n.healthzAddr, "--provision=false", "--v=2")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	testbin.WaitForSocket(ctx, t, n.regSock)

@@ -1,0 +1,309 @@
+// Package provisioner is the embedded external-provisioner: it watches
+// PersistentVolumeClaims through sig-storage-lib-external-provisioner and
+// provisions and deletes volumes by calling a driver's CreateVolume and
+// DeleteVolume in-process. The PVs it writes follow external-provisioner's
+// rules (names, annotations, secrets, topology, finalizer), so the rest of
+// Kubernetes cannot tell the difference.
+package provisioner
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/klog/v2"
+	"sigs.k8s.io/sig-storage-lib-external-provisioner/v10/controller"
+
+	"github.com/monocsi/monocsi/driver"
+)
+
+// Options configure the provisioner of one driver.
+type Options struct {
+	Driver driver.Driver
+	// NodeName, when set, makes this a node deployment: only claims whose
+	// selected node is NodeName are provisioned, and only PVs accessible from
+	// this node are deleted (external-provisioner's --node-deployment).
+	NodeName string
+	// ExtraCreateMetadata adds the csi.storage.k8s.io/pvc/name, pvc/namespace
+	// and pv/name parameters.
+	ExtraCreateMetadata bool
+	// VolumeNamePrefix is "pvc" when empty: volumes are named <prefix>-<claim UID>.
+	VolumeNamePrefix string
+	// Timeout bounds every CSI call; 60 s when zero.
+	Timeout time.Duration
+}
+
+// Provisioner implements the library's Provisioner for one CSI driver.
+type Provisioner struct {
+	opts       Options
+	client     kubernetes.Interface
+	name       string // the driver's CSI name
+	identity   string // storage.kubernetes.io/csiProvisionerIdentity
+	caps       []csi.ControllerServiceCapability_RPC_Type
+	topology   bool          // the driver has VOLUME_ACCESSIBILITY_CONSTRAINTS
+	myTopology *csi.Topology // node deployment: this node's segments
+}
+
+var (
+	_ controller.Provisioner      = (*Provisioner)(nil)
+	_ controller.Qualifier        = (*Provisioner)(nil)
+	_ controller.DeletionGuard    = (*Provisioner)(nil)
+	_ controller.BlockProvisioner = (*Provisioner)(nil)
+)
+
+// New asks the driver who it is and what it can do.
+func New(ctx context.Context, client kubernetes.Interface, o Options) (*Provisioner, error) {
+	if o.VolumeNamePrefix == "" {
+		o.VolumeNamePrefix = "pvc"
+	}
+	if o.Timeout == 0 {
+		o.Timeout = 60 * time.Second
+	}
+	info, err := o.Driver.GetPluginInfo(ctx, &csi.GetPluginInfoRequest{})
+	if err != nil {
+		return nil, fmt.Errorf("GetPluginInfo: %w", err)
+	}
+	p := &Provisioner{opts: o, client: client, name: info.GetName()}
+	// <start time in ms>-<4 random digits>-<driver>[-<node>], as external-provisioner.
+	p.identity = strconv.FormatInt(time.Now().UnixMilli(), 10) + "-" + strconv.Itoa(rand.IntN(10000)) + "-" + p.name
+	if o.NodeName != "" {
+		p.identity += "-" + o.NodeName
+	}
+	plugin, err := o.Driver.GetPluginCapabilities(ctx, &csi.GetPluginCapabilitiesRequest{})
+	if err != nil {
+		return nil, fmt.Errorf("GetPluginCapabilities: %w", err)
+	}
+	for _, c := range plugin.GetCapabilities() {
+		if c.GetService().GetType() == csi.PluginCapability_Service_VOLUME_ACCESSIBILITY_CONSTRAINTS {
+			p.topology = true
+		}
+	}
+	ctl, err := o.Driver.ControllerGetCapabilities(ctx, &csi.ControllerGetCapabilitiesRequest{})
+	if err != nil {
+		return nil, fmt.Errorf("ControllerGetCapabilities: %w", err)
+	}
+	for _, c := range ctl.GetCapabilities() {
+		p.caps = append(p.caps, c.GetRpc().GetType())
+	}
+	if !p.has(csi.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME) {
+		return nil, fmt.Errorf("driver %s cannot create volumes", p.name)
+	}
+	if o.NodeName != "" {
+		ni, err := o.Driver.NodeGetInfo(ctx, &csi.NodeGetInfoRequest{})
+		if err != nil {
+			return nil, fmt.Errorf("NodeGetInfo: %w", err)
+		}
+		p.myTopology = ni.GetAccessibleTopology()
+	}
+	return p, nil
+}
+
+// Name is the provisioner name a StorageClass uses: the driver's name.
+func (p *Provisioner) Name() string { return p.name }
+
+func (p *Provisioner) has(c csi.ControllerServiceCapability_RPC_Type) bool {
+	return slices.Contains(p.caps, c)
+}
+
+// ShouldProvision: in a node deployment, only claims scheduled to this node.
+func (p *Provisioner) ShouldProvision(_ context.Context, pvc *corev1.PersistentVolumeClaim) bool {
+	return p.opts.NodeName == "" || pvc.Annotations[annSelectedNode] == p.opts.NodeName
+}
+
+// ShouldDelete: in a node deployment, only PVs accessible from this node.
+func (p *Provisioner) ShouldDelete(_ context.Context, pv *corev1.PersistentVolume) bool {
+	if p.opts.NodeName == "" {
+		return true
+	}
+	if pv.Spec.NodeAffinity == nil || pv.Spec.NodeAffinity.Required == nil {
+		return false
+	}
+	for _, term := range pv.Spec.NodeAffinity.Required.NodeSelectorTerms {
+		if termMatches(term, p.myTopology.GetSegments()) {
+			return true
+		}
+	}
+	return false
+}
+
+// SupportsBlock: monocsi drivers declare block support through their capabilities check
+// at CreateVolume; the claim is passed on and a driver that cannot serve it says so.
+func (p *Provisioner) SupportsBlock(context.Context) bool { return true }
+
+// Provision creates the volume and returns its PV.
+func (p *Provisioner) Provision(ctx context.Context, o controller.ProvisionOptions) (*corev1.PersistentVolume, controller.ProvisioningState, error) {
+	req, params, err := p.createRequest(ctx, o)
+	if err != nil {
+		return nil, controller.ProvisioningFinished, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
+	defer cancel()
+	start := time.Now()
+	resp, err := p.opts.Driver.CreateVolume(cctx, req)
+	observe(p.name, "CreateVolume", start, err)
+	if err != nil {
+		return nil, provisioningState(err, o.SelectedNode != nil), fmt.Errorf("rpc error: %w", err)
+	}
+	vol := resp.GetVolume()
+	requested := req.GetCapacityRange().GetRequiredBytes()
+	size := vol.GetCapacityBytes()
+	if size == 0 {
+		size = requested
+	}
+	if size < requested {
+		// The driver made a smaller volume than asked: undo, and fail.
+		_, derr := p.opts.Driver.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: vol.GetVolumeId(), Secrets: req.GetSecrets()})
+		if derr != nil {
+			return nil, controller.ProvisioningInBackground, fmt.Errorf("volume %s has %d bytes, %d requested, and deleting it failed: %w", vol.GetVolumeId(), size, requested, derr)
+		}
+		return nil, controller.ProvisioningFinished, fmt.Errorf("volume %s has %d bytes, %d requested", vol.GetVolumeId(), size, requested)
+	}
+	pv, err := p.buildPV(o, req, params, vol, size)
+	if err != nil {
+		return nil, controller.ProvisioningFinished, err
+	}
+	klog.V(2).InfoS("Provisioned", "driver", p.name, "claim", klog.KObj(o.PVC), "pv", pv.Name, "bytes", size)
+	return pv, controller.ProvisioningFinished, nil
+}
+
+// provisioningState tells the library whether the driver may still be working
+// (retry with the same request) or the error is final, as external-provisioner does.
+func provisioningState(err error, selectedNode bool) controller.ProvisioningState {
+	st, ok := status.FromError(err)
+	if !ok {
+		return controller.ProvisioningInBackground
+	}
+	switch st.Code() {
+	case codes.Canceled, codes.DeadlineExceeded, codes.Unavailable, codes.Aborted:
+		return controller.ProvisioningInBackground
+	case codes.ResourceExhausted:
+		if selectedNode {
+			return controller.ProvisioningReschedule
+		}
+	}
+	return controller.ProvisioningFinished
+}
+
+// Delete deletes the PV's volume (not the PV object: the library does that).
+func (p *Provisioner) Delete(ctx context.Context, pv *corev1.PersistentVolume) error {
+	if pv.Spec.CSI == nil || pv.Spec.CSI.Driver != p.name {
+		return &controller.IgnoredError{Reason: "the PV is not a volume of " + p.name}
+	}
+	if p.has(csi.ControllerServiceCapability_RPC_PUBLISH_UNPUBLISH_VOLUME) {
+		vas, err := p.client.StorageV1().VolumeAttachments().List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return err
+		}
+		for _, va := range vas.Items {
+			if n := va.Spec.Source.PersistentVolumeName; n != nil && *n == pv.Name {
+				return fmt.Errorf("PV %s is still attached to node %s (VolumeAttachment %s)", pv.Name, va.Spec.NodeName, va.Name)
+			}
+		}
+	}
+	secrets, err := p.deletionSecrets(ctx, pv)
+	if err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
+	defer cancel()
+	start := time.Now()
+	_, err = p.opts.Driver.DeleteVolume(cctx, &csi.DeleteVolumeRequest{VolumeId: pv.Spec.CSI.VolumeHandle, Secrets: secrets})
+	observe(p.name, "DeleteVolume", start, err)
+	if err != nil {
+		return fmt.Errorf("rpc error: %w", err)
+	}
+	klog.V(2).InfoS("Deleted volume", "driver", p.name, "pv", pv.Name, "volume", pv.Spec.CSI.VolumeHandle)
+	return nil
+}
+
+// deletionSecrets reads the provisioner secret remembered on the PV.
+func (p *Provisioner) deletionSecrets(ctx context.Context, pv *corev1.PersistentVolume) (map[string]string, error) {
+	name, ns := pv.Annotations[annDeletionName], pv.Annotations[annDeletionNS]
+	if name == "" && ns == "" {
+		return nil, nil
+	}
+	return p.readSecret(ctx, &corev1.SecretReference{Name: name, Namespace: ns})
+}
+
+func (p *Provisioner) readSecret(ctx context.Context, ref *corev1.SecretReference) (map[string]string, error) {
+	if ref == nil {
+		return nil, nil
+	}
+	s, err := p.client.CoreV1().Secrets(ref.Namespace).Get(ctx, ref.Name, metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("read secret %s/%s: %w", ref.Namespace, ref.Name, err)
+	}
+	out := make(map[string]string, len(s.Data))
+	for k, v := range s.Data {
+		out[k] = string(v)
+	}
+	return out, nil
+}
+
+// sourceVolume resolves a clone source: a bound claim of the same class in
+// the same namespace, whose PV belongs to this driver.
+func (p *Provisioner) contentSource(ctx context.Context, pvc *corev1.PersistentVolumeClaim, sc *storagev1.StorageClass, size int64) (*csi.VolumeContentSource, error) {
+	ds := pvc.Spec.DataSourceRef
+	if ds == nil && pvc.Spec.DataSource != nil {
+		ds = &corev1.TypedObjectReference{APIGroup: pvc.Spec.DataSource.APIGroup, Kind: pvc.Spec.DataSource.Kind, Name: pvc.Spec.DataSource.Name}
+	}
+	if ds == nil {
+		return nil, nil
+	}
+	group := ""
+	if ds.APIGroup != nil {
+		group = *ds.APIGroup
+	}
+	switch {
+	case group == "" && ds.Kind == "PersistentVolumeClaim":
+	case group == "snapshot.storage.k8s.io" && ds.Kind == "VolumeSnapshot":
+		return nil, fmt.Errorf("data source VolumeSnapshot %s: restoring snapshots is not supported by monocsi yet", ds.Name)
+	default:
+		return nil, fmt.Errorf("data source %s %s.%s is not supported", ds.Name, ds.Kind, group)
+	}
+	if !p.has(csi.ControllerServiceCapability_RPC_CLONE_VOLUME) {
+		return nil, fmt.Errorf("driver %s does not support cloning (data source PersistentVolumeClaim %s)", p.name, ds.Name)
+	}
+	if ds.Namespace != nil && *ds.Namespace != pvc.Namespace {
+		return nil, fmt.Errorf("clone source %s/%s must be in the claim's namespace", *ds.Namespace, ds.Name)
+	}
+	src, err := p.client.CoreV1().PersistentVolumeClaims(pvc.Namespace).Get(ctx, ds.Name, metav1.GetOptions{})
+	if err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, fmt.Errorf("clone source claim %s/%s not found", pvc.Namespace, ds.Name)
+		}
+		return nil, err
+	}
+	if src.Status.Phase != corev1.ClaimBound || src.Spec.VolumeName == "" {
+		return nil, fmt.Errorf("clone source claim %s is not bound", ds.Name)
+	}
+	if src.Spec.StorageClassName == nil || *src.Spec.StorageClassName != sc.Name {
+		return nil, fmt.Errorf("clone source claim %s must use StorageClass %s", ds.Name, sc.Name)
+	}
+	if q, ok := src.Spec.Resources.Requests[corev1.ResourceStorage]; ok && q.Value() > size {
+		return nil, fmt.Errorf("the claim asks for %d bytes, less than its clone source %s (%s)", size, ds.Name, q.String())
+	}
+	pv, err := p.client.CoreV1().PersistentVolumes().Get(ctx, src.Spec.VolumeName, metav1.GetOptions{})
+	if err != nil {
+		return nil, err
+	}
+	if pv.Spec.CSI == nil || pv.Spec.CSI.Driver != p.name {
+		return nil, fmt.Errorf("clone source claim %s is not a volume of %s", ds.Name, p.name)
+	}
+	return &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
+		Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: pv.Spec.CSI.VolumeHandle}}}, nil
+}
+
+func quantity(bytes int64) resource.Quantity { return *resource.NewQuantity(bytes, resource.BinarySI) }
