@@ -157,3 +157,22 @@ func CheckParameters(params map[string]string, known ...string) error {
 	}
 	return nil
 }
+
+// Declaration is what a driver tells Kubernetes about itself: monocsi writes
+// it into the driver's CSIDriver object, so manifests need not repeat it.
+type Declaration struct {
+	AttachRequired bool
+	PodInfoOnMount bool
+	// FSGroupPolicy is "File", "ReadWriteOnceWithFSType" or "None".
+	FSGroupPolicy string
+	// Ephemeral: the driver serves CSI ephemeral inline volumes too.
+	Ephemeral bool
+	// NodeLocal drivers create volumes on the node that will use them: the
+	// node role provisions for them, and serves their Controller API.
+	NodeLocal bool
+}
+
+// Declarer is implemented by drivers that declare their CSIDriver object.
+type Declarer interface {
+	Declare() Declaration
+}

@@ -49,7 +49,7 @@ func (f *driverFlags) build(names []string) ([]nodeplugin.Plugin, error) {
 			if err != nil {
 				return nil, err
 			}
-			plugins = append(plugins, nodeplugin.Plugin{Name: f.localName, Driver: d, NodeLocal: true})
+			plugins = append(plugins, nodeplugin.Plugin{Name: f.localName, Driver: d, NodeLocal: d.Declare().NodeLocal})
 		default:
 			return nil, fmt.Errorf("unknown driver %q (available: local)", n)
 		}

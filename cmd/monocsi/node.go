@@ -13,6 +13,8 @@ import (
 	"golang.org/x/sync/errgroup"
 	"k8s.io/klog/v2"
 
+	"github.com/monocsi/monocsi/csidriver"
+	"github.com/monocsi/monocsi/driver"
 	"github.com/monocsi/monocsi/health"
 	"github.com/monocsi/monocsi/internal/kube"
 	"github.com/monocsi/monocsi/provisioner"
@@ -29,7 +31,7 @@ func runNode(ctx context.Context, args []string) error {
 	kubeletDir := fs.String("kubelet-dir", "/var/lib/kubelet", "the kubelet's root directory, at the same path inside the container as on the host")
 	drivers := fs.String("drivers", "local", "comma-separated drivers to enable")
 	httpEndpoint := fs.String("http-endpoint", "", "address (e.g. :9808) to serve /healthz and /metrics on; empty disables it")
-	provision := fs.Bool("provision", true, "provision volumes of node-local drivers for claims scheduled to this node (needs the Kubernetes API)")
+	provision := fs.Bool("provision", true, "keep the CSIDriver objects of node-local drivers and provision their volumes for claims scheduled to this node (needs the Kubernetes API)")
 	extraMetadata := fs.Bool("extra-create-metadata", true, "pass the claim's name and namespace and the PV name to CreateVolume (csi.storage.k8s.io/pvc/name, ...)")
 	var kf kube.Flags
 	fs.StringVar(&kf.Kubeconfig, "kubeconfig", "", "kubeconfig file; empty: the in-cluster configuration")
@@ -87,6 +89,11 @@ func runNode(ctx context.Context, args []string) error {
 		for _, p := range plugins {
 			if !p.NodeLocal {
 				continue
+			}
+			if dec, ok := p.Driver.(driver.Declarer); ok {
+				if err := csidriver.Ensure(ctx, client, p.Name, dec.Declare()); err != nil {
+					return err
+				}
 			}
 			prov, err := provisioner.New(ctx, client, provisioner.Options{Driver: p.Driver, NodeName: df.nodeID, ExtraCreateMetadata: *extraMetadata})
 			if err != nil {

@@ -8,6 +8,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/monocsi/monocsi/driver"
 )
 
 // GetPluginInfo names the driver.
@@ -37,4 +39,10 @@ func (d *Driver) Probe(context.Context, *csi.ProbeRequest) (*csi.ProbeResponse, 
 		}
 	}
 	return &csi.ProbeResponse{Ready: wrapperspb.Bool(true)}, nil
+}
+
+// Declare: no attach, fsGroup applied by the kubelet to the directory, and
+// provisioning on the node that uses the volume.
+func (d *Driver) Declare() driver.Declaration {
+	return driver.Declaration{FSGroupPolicy: "File", NodeLocal: true}
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -155,4 +156,21 @@ func TestKubeletRestartReregisters(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 2*time.Minute, "driver registered after the kubelet restart", driverRegistered)
+}
+
+// monocsi writes the CSIDriver object from the driver's declaration (the
+// manifests carry none).
+func TestCSIDriverObjectFromDeclaration(t *testing.T) {
+	eventually(t, time.Minute, "CSIDriver object", func() error {
+		d, err := kube.StorageV1().CSIDrivers().Get(context.Background(), localDriver, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		s := d.Spec
+		if d.Labels["app.kubernetes.io/managed-by"] != "monocsi" || s.AttachRequired == nil || *s.AttachRequired ||
+			s.FSGroupPolicy == nil || *s.FSGroupPolicy != "File" || !slices.Equal(s.VolumeLifecycleModes, []storagev1.VolumeLifecycleMode{storagev1.VolumeLifecyclePersistent}) {
+			return fmt.Errorf("CSIDriver %+v", d)
+		}
+		return nil
+	})
 }
