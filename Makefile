@@ -10,7 +10,7 @@ STATICCHECK_VERSION := v0.8.2
 
 DEMO_DIR    ?= /tmp/monocsi-demo
 
-.PHONY: all build test unit sanity e2e demo demo-down lint clean
+.PHONY: all build test unit sanity e2e bench demo demo-down lint clean
 
 all: build
 
@@ -36,6 +36,11 @@ sanity:
 e2e:
 	$(GO) test -count=1 -timeout 60m -v ./test/e2e/ 2>&1 | tee e2e.out | grep -E '^(=== RUN|---|ok|FAIL|PASS|==>|    [0-9])|e2e' ; \
 	  status=$${PIPESTATUS[0]}; [ $$status -eq 0 ] || tail -150 e2e.out; exit $$status
+
+## bench: provisioning benchmark on the test cluster (N=200 claims; BENCH_N to change); writes BENCHMARKS.md
+BENCH_N ?= 200
+bench:
+	$(GO) run ./bench/provision -n $(BENCH_N) -out BENCHMARKS.md
 
 ## demo: start the test cluster with monocsi and a pod writing into a volume; it keeps running
 demo:
