@@ -15,9 +15,6 @@ var operations = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 	Buckets: []float64{.001, .005, .01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
 }, []string{"driver_name", "method_name", "grpc_status_code"})
 
-// Register adds the provisioner's metrics to r.
-func Register(r prometheus.Registerer) error { return r.Register(operations) }
-
 func observe(driverName, method string, start time.Time, err error) {
 	operations.WithLabelValues(driverName, "/csi.v1.Controller/"+method, status.Code(err).String()).Observe(time.Since(start).Seconds())
 }

@@ -4,11 +4,13 @@ import (
 	"context"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/sig-storage-lib-external-provisioner/v10/controller"
+	"sigs.k8s.io/sig-storage-lib-external-provisioner/v10/controller/metrics"
 )
 
 // Workers is how many claims each driver's controller handles at once
@@ -20,7 +22,17 @@ const Workers = 100
 // the cluster's PVCs per process, not per driver. The library's own leader
 // election is off: a process elects once for all its drivers (or, in a node
 // deployment, needs none).
-func Run(ctx context.Context, client kubernetes.Interface, provs []*Provisioner) {
+// Its metrics (the library's controller_persistentvolume* series and
+// csi_sidecar_operations_seconds) are registered in reg.
+func Run(ctx context.Context, client kubernetes.Interface, provs []*Provisioner, reg prometheus.Registerer) error {
+	m := metrics.New("controller")
+	for _, c := range []prometheus.Collector{operations,
+		m.PersistentVolumeClaimProvisionTotal, m.PersistentVolumeClaimProvisionFailedTotal, m.PersistentVolumeClaimProvisionDurationSeconds,
+		m.PersistentVolumeDeleteTotal, m.PersistentVolumeDeleteFailedTotal, m.PersistentVolumeDeleteDurationSeconds} {
+		if err := reg.Register(c); err != nil {
+			return err
+		}
+	}
 	factory := informers.NewSharedInformerFactory(client, 15*time.Minute)
 	claims := factory.Core().V1().PersistentVolumeClaims().Informer()
 	volumes := factory.Core().V1().PersistentVolumes().Informer()
@@ -33,9 +45,10 @@ func Run(ctx context.Context, client kubernetes.Interface, provs []*Provisioner)
 			// Retry forever, 1 s doubling to 5 min, as external-provisioner.
 			controller.FailedProvisionThreshold(0),
 			controller.FailedDeleteThreshold(0),
-			controller.RateLimiter(workqueue.NewItemExponentialFailureRateLimiter(time.Second, 5*time.Minute)),
-			controller.CreateProvisionedPVLimiter(workqueue.NewItemExponentialFailureRateLimiter(time.Second, 5*time.Minute)),
+			controller.RateLimiter(workqueue.NewTypedItemExponentialFailureRateLimiter[any](time.Second, 5*time.Minute)),
+			controller.CreateProvisionedPVLimiter(workqueue.NewTypedItemExponentialFailureRateLimiter[any](time.Second, 5*time.Minute)),
 			controller.AddFinalizer(true),
+			controller.MetricsInstance(m),
 			controller.ClaimsInformer(claims),
 			controller.VolumesInformer(volumes),
 			controller.ClassesInformer(classes),
@@ -48,4 +61,5 @@ func Run(ctx context.Context, client kubernetes.Interface, provs []*Provisioner)
 	}
 	<-ctx.Done()
 	factory.Shutdown()
+	return nil
 }

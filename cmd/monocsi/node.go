@@ -82,9 +82,6 @@ func runNode(ctx context.Context, args []string) error {
 		if err != nil {
 			return fmt.Errorf("%w (run with --provision=false to serve volumes without provisioning)", err)
 		}
-		if err := provisioner.Register(reg); err != nil {
-			return err
-		}
 		var provs []*provisioner.Provisioner
 		for _, p := range plugins {
 			if !p.NodeLocal {
@@ -101,7 +98,7 @@ func runNode(ctx context.Context, args []string) error {
 			}
 			provs = append(provs, prov)
 		}
-		g.Go(func() error { provisioner.Run(ctx, client, provs); return nil })
+		g.Go(func() error { return provisioner.Run(ctx, client, provs, reg) })
 	}
 	if *httpEndpoint != "" {
 		mux := http.NewServeMux()
