@@ -1,16 +1,22 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"os"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/monocsi/monocsi/csidriver"
+	"github.com/monocsi/monocsi/driver"
 
 	"github.com/monocsi/monocsi/driver/local"
 	"github.com/monocsi/monocsi/internal/version"
 	"github.com/monocsi/monocsi/nodeplugin"
+	"github.com/monocsi/monocsi/provisioner"
 )
 
 // driverFlags are the settings of every driver the binary carries.
@@ -58,4 +64,23 @@ func (f *driverFlags) build(names []string) ([]nodeplugin.Plugin, error) {
 		return nil, fmt.Errorf("no driver enabled")
 	}
 	return plugins, nil
+}
+
+// provisioners writes the CSIDriver object of each plugin and returns its
+// provisioner; nodeName makes them node deployments.
+func provisioners(ctx context.Context, client kubernetes.Interface, plugins []nodeplugin.Plugin, nodeName string, extraMetadata bool) ([]*provisioner.Provisioner, error) {
+	var provs []*provisioner.Provisioner
+	for _, p := range plugins {
+		if dec, ok := p.Driver.(driver.Declarer); ok {
+			if err := csidriver.Ensure(ctx, client, p.Name, dec.Declare()); err != nil {
+				return nil, err
+			}
+		}
+		prov, err := provisioner.New(ctx, client, provisioner.Options{Driver: p.Driver, NodeName: nodeName, ExtraCreateMetadata: extraMetadata})
+		if err != nil {
+			return nil, fmt.Errorf("provisioner for %s: %w", p.Name, err)
+		}
+		provs = append(provs, prov)
+	}
+	return provs, nil
 }

@@ -21,6 +21,7 @@ const usage = `monocsi — Kubernetes storage in one binary.
 Usage:
   monocsi node    --node-id=NAME [--kubelet-dir=/var/lib/kubelet] [--drivers=local] [flags]
   monocsi serve   --driver=local --endpoint=unix:///path.sock --node-id=NAME [flags]
+  monocsi controller [--drivers=...] [--leader-election] [flags]
   monocsi version
 
 Run "monocsi <command> --help" for a command's flags.
@@ -49,6 +50,8 @@ func run(args []string) error {
 		return runNode(ctx, args[1:])
 	case "serve":
 		return runServe(ctx, args[1:])
+	case "controller":
+		return runController(ctx, args[1:])
 	case "version", "--version":
 		fmt.Println(version.Version)
 		return nil

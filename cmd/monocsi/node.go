@@ -13,8 +13,6 @@ import (
 	"golang.org/x/sync/errgroup"
 	"k8s.io/klog/v2"
 
-	"github.com/monocsi/monocsi/csidriver"
-	"github.com/monocsi/monocsi/driver"
 	"github.com/monocsi/monocsi/health"
 	"github.com/monocsi/monocsi/internal/kube"
 	"github.com/monocsi/monocsi/nodeplugin"
@@ -34,9 +32,7 @@ func runNode(ctx context.Context, args []string) error {
 	provision := fs.Bool("provision", true, "keep the CSIDriver objects of node-local drivers and provision their volumes for claims scheduled to this node (needs the Kubernetes API)")
 	extraMetadata := fs.Bool("extra-create-metadata", true, "pass the claim's name and namespace and the PV name to CreateVolume (csi.storage.k8s.io/pvc/name, ...)")
 	var kf kube.Flags
-	fs.StringVar(&kf.Kubeconfig, "kubeconfig", "", "kubeconfig file; empty: the in-cluster configuration")
-	fs.Float64Var(&kf.QPS, "kube-api-qps", kube.DefaultQPS, "queries per second to the Kubernetes API")
-	fs.IntVar(&kf.Burst, "kube-api-burst", kube.DefaultBurst, "burst of queries to the Kubernetes API")
+	kf.Register(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -82,21 +78,15 @@ func runNode(ctx context.Context, args []string) error {
 		if err != nil {
 			return fmt.Errorf("%w (run with --provision=false to serve volumes without provisioning)", err)
 		}
-		var provs []*provisioner.Provisioner
+		var local []nodeplugin.Plugin
 		for _, p := range plugins {
-			if !p.NodeLocal {
-				continue
+			if p.NodeLocal {
+				local = append(local, p)
 			}
-			if dec, ok := p.Driver.(driver.Declarer); ok {
-				if err := csidriver.Ensure(ctx, client, p.Name, dec.Declare()); err != nil {
-					return err
-				}
-			}
-			prov, err := provisioner.New(ctx, client, provisioner.Options{Driver: p.Driver, NodeName: df.nodeID, ExtraCreateMetadata: *extraMetadata})
-			if err != nil {
-				return fmt.Errorf("provisioner for %s: %w", p.Name, err)
-			}
-			provs = append(provs, prov)
+		}
+		provs, err := provisioners(ctx, client, local, df.nodeID, *extraMetadata)
+		if err != nil {
+			return err
 		}
 		g.Go(func() error { return provisioner.Run(ctx, client, provs, reg) })
 	}

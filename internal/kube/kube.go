@@ -2,6 +2,7 @@
 package kube
 
 import (
+	"flag"
 	"fmt"
 
 	"k8s.io/client-go/kubernetes"
@@ -22,6 +23,13 @@ const (
 	DefaultQPS   = 100
 	DefaultBurst = 200
 )
+
+// Register adds --kubeconfig, --kube-api-qps and --kube-api-burst to fs.
+func (f *Flags) Register(fs *flag.FlagSet) {
+	fs.StringVar(&f.Kubeconfig, "kubeconfig", "", "kubeconfig file; empty: the in-cluster configuration")
+	fs.Float64Var(&f.QPS, "kube-api-qps", DefaultQPS, "queries per second to the Kubernetes API")
+	fs.IntVar(&f.Burst, "kube-api-burst", DefaultBurst, "burst of queries to the Kubernetes API")
+}
 
 // Client returns a client from the kubeconfig file, or the in-cluster
 // configuration when none is given.

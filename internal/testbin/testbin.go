@@ -104,6 +104,9 @@ func (p *Process) Exited(wait time.Duration) (err error, exited bool) {
 	}
 }
 
+// Signal sends sig to the process.
+func (p *Process) Signal(sig syscall.Signal) error { return p.cmd.Process.Signal(sig) }
+
 // Log returns what the process printed so far.
 func (p *Process) Log() string { return p.log.String() }
 

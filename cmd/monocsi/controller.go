@@ -1,0 +1,105 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+	"k8s.io/klog/v2"
+
+	"github.com/monocsi/monocsi/health"
+	"github.com/monocsi/monocsi/internal/kube"
+	"github.com/monocsi/monocsi/internal/leader"
+	"github.com/monocsi/monocsi/nodeplugin"
+	"github.com/monocsi/monocsi/provisioner"
+)
+
+// runController is the controller role: while it leads (one Lease for the
+// whole process), it keeps the CSIDriver objects of the enabled drivers and
+// provisions their volumes. Node-local drivers are provisioned by the node
+// role instead.
+func runController(ctx context.Context, args []string) error {
+	fs := newFlags("controller")
+	var df driverFlags
+	df.register(fs)
+	drivers := fs.String("drivers", "", "comma-separated drivers to provision for (node-local ones such as local are provisioned by the node role)")
+	httpEndpoint := fs.String("http-endpoint", "", "address (e.g. :9809) to serve /healthz and /metrics on; empty disables it")
+	extraMetadata := fs.Bool("extra-create-metadata", true, "pass the claim's name and namespace and the PV name to CreateVolume")
+	var kf kube.Flags
+	kf.Register(fs)
+	elect := fs.Bool("leader-election", true, "elect a leader among replicas through a Lease; only the leader acts")
+	var lc leader.Config
+	fs.StringVar(&lc.Namespace, "leader-election-namespace", "", "namespace of the Lease; default: the pod's namespace")
+	fs.StringVar(&lc.Name, "leader-election-lease-name", "monocsi-controller", "name of the Lease")
+	fs.DurationVar(&lc.LeaseDuration, "leader-election-lease-duration", 15*time.Second, "how long a non-leader waits before taking over an expired lease")
+	fs.DurationVar(&lc.RenewDeadline, "leader-election-renew-deadline", 10*time.Second, "how long the leader retries renewing before giving up")
+	fs.DurationVar(&lc.RetryPeriod, "leader-election-retry-period", 5*time.Second, "how often to try to acquire or renew the lease")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if df.nodeID == "" {
+		df.nodeID = "controller" // drivers that need a node ID only use it on nodes
+	}
+	var central []nodeplugin.Plugin
+	if *drivers != "" {
+		plugins, err := df.build(strings.Split(*drivers, ","))
+		if err != nil {
+			return err
+		}
+		for _, p := range plugins {
+			if p.NodeLocal {
+				return fmt.Errorf("driver %s is node-local: the node role provisions it (monocsi node), not the controller", p.Name)
+			}
+			central = append(central, p)
+		}
+	}
+	client, err := kf.Client()
+	if err != nil {
+		return err
+	}
+	if lc.Namespace == "" {
+		lc.Namespace = podNamespace()
+	}
+	reg := prometheus.NewRegistry()
+	g, ctx := errgroup.WithContext(ctx)
+	if *httpEndpoint != "" {
+		mux := http.NewServeMux()
+		mux.Handle("/healthz", health.Handler(5*time.Second))
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		g.Go(func() error { return health.Serve(ctx, *httpEndpoint, mux) })
+	}
+	work := func(ctx context.Context) error {
+		provs, err := provisioners(ctx, client, central, "", *extraMetadata)
+		if err != nil {
+			return err
+		}
+		klog.InfoS("Controller role acting", "drivers", len(provs))
+		return provisioner.Run(ctx, client, provs, reg)
+	}
+	g.Go(func() error {
+		if !*elect {
+			return work(ctx)
+		}
+		var workErr error
+		err := leader.Run(ctx, client, lc, func(ctx context.Context) { workErr = work(ctx) })
+		if workErr != nil {
+			return workErr
+		}
+		return err
+	})
+	return g.Wait()
+}
+
+// podNamespace is the namespace the pod runs in, from its service account.
+func podNamespace() string {
+	if b, err := os.ReadFile("/var/run/secrets/kubernetes.io/serviceaccount/namespace"); err == nil && len(b) > 0 {
+		return strings.TrimSpace(string(b))
+	}
+	return "monocsi"
+}
