@@ -108,48 +108,28 @@ func run(n int, out string) (err error) {
 // selected-node annotation the scheduler would set for their pods, so the
 // measurement is the provisioner's, not the scheduler's.
 func provisioned(ctx context.Context, kube kubernetes.Interface, c *cluster.Cluster, n int) (*result, error) {
-	names := make([]string, n)
-	for i := range names {
-		names[i] = fmt.Sprintf("bench-%04d", i)
-	}
-	res := &result{}
 	tr := track(kube)
 	defer tr.stop()
-	start := time.Now()
-	created := sync.Map{}
-	if err := forEach(names, func(name string) error {
-		sc := class
-		_, err := kube.CoreV1().PersistentVolumeClaims(ns).Create(ctx, &corev1.PersistentVolumeClaim{
-			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Annotations: map[string]string{"volume.kubernetes.io/selected-node": cluster.NodeName}},
-			Spec: corev1.PersistentVolumeClaimSpec{
-				AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce}, StorageClassName: &sc,
-				Resources: corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Mi")}},
-			},
-		}, metav1.CreateOptions{})
-		created.Store(name, time.Now())
+	names := numbered("bench", n)
+	sc := class
+	res, created, err := bindAll(tr, names, func(name string) error {
+		pvc := claim(name, &sc, "")
+		pvc.Annotations = map[string]string{"volume.kubernetes.io/selected-node": cluster.NodeName}
+		_, err := kube.CoreV1().PersistentVolumeClaims(ns).Create(ctx, pvc, metav1.CreateOptions{})
 		return err
-	}); err != nil {
-		return nil, err
-	}
-	bound, err := tr.waitBound(names, 10*time.Minute)
+	})
 	if err != nil {
 		return nil, err
 	}
-	res.allBound = time.Since(start)
-	for _, name := range names {
-		t0, _ := created.Load(name)
-		res.perClaim = append(res.perClaim, bound[name].Sub(t0.(time.Time)))
-	}
 	tr.mu.Lock()
 	for _, name := range names {
-		t0, _ := created.Load(name)
-		res.toPV = append(res.toPV, tr.pv[name].Sub(t0.(time.Time)))
+		res.toPV = append(res.toPV, tr.pv[name].Sub(created[name]))
 	}
 	tr.mu.Unlock()
 	res.rssPeakKB = peakRSS()
 	fmt.Printf("    all Bound after %s; peak RSS %v kB\n", res.allBound.Round(time.Millisecond), res.rssPeakKB)
 
-	start = time.Now()
+	start := time.Now()
 	if err := forEach(names, func(name string) error {
 		return kube.CoreV1().PersistentVolumeClaims(ns).Delete(ctx, name, metav1.DeleteOptions{})
 	}); err != nil {
@@ -166,17 +146,11 @@ func provisioned(ctx context.Context, kube kubernetes.Interface, c *cluster.Clus
 // bare measures the floor: the same number of PVs and claims bound by the
 // PV controller alone, created with a bare client.
 func bare(ctx context.Context, kube kubernetes.Interface, n int) (*result, error) {
-	names := make([]string, n)
-	for i := range names {
-		names[i] = fmt.Sprintf("floor-%04d", i)
-	}
 	tr := track(kube)
 	defer tr.stop()
-	res := &result{}
-	created := sync.Map{}
-	start := time.Now()
-	if err := forEach(names, func(name string) error {
-		empty := ""
+	names := numbered("floor", n)
+	empty := ""
+	res, _, err := bindAll(tr, names, func(name string) error {
 		_, err := kube.CoreV1().PersistentVolumes().Create(ctx, &corev1.PersistentVolume{
 			ObjectMeta: metav1.ObjectMeta{Name: name},
 			Spec: corev1.PersistentVolumeSpec{
@@ -185,32 +159,16 @@ func bare(ctx context.Context, kube kubernetes.Interface, n int) (*result, error
 				PersistentVolumeSource: corev1.PersistentVolumeSource{CSI: &corev1.CSIPersistentVolumeSource{Driver: "floor.bench.invalid", VolumeHandle: name}},
 			},
 		}, metav1.CreateOptions{})
-		if err != nil {
-			return err
+		if err == nil {
+			_, err = kube.CoreV1().PersistentVolumeClaims(ns).Create(ctx, claim(name, &empty, name), metav1.CreateOptions{})
 		}
-		_, err = kube.CoreV1().PersistentVolumeClaims(ns).Create(ctx, &corev1.PersistentVolumeClaim{
-			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-			Spec: corev1.PersistentVolumeClaimSpec{
-				AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce}, StorageClassName: &empty, VolumeName: name,
-				Resources: corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Mi")}},
-			},
-		}, metav1.CreateOptions{})
-		created.Store(name, time.Now())
 		return err
-	}); err != nil {
-		return nil, err
-	}
-	bound, err := tr.waitBound(names, 10*time.Minute)
+	})
 	if err != nil {
 		return nil, err
 	}
-	res.allBound = time.Since(start)
-	for _, name := range names {
-		t0, _ := created.Load(name)
-		res.perClaim = append(res.perClaim, bound[name].Sub(t0.(time.Time)))
-	}
 	fmt.Printf("    all Bound after %s\n", res.allBound.Round(time.Millisecond))
-	start = time.Now()
+	start := time.Now()
 	if err := forEach(names, func(name string) error {
 		if err := kube.CoreV1().PersistentVolumeClaims(ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
 			return err
@@ -225,6 +183,50 @@ func bare(ctx context.Context, kube kubernetes.Interface, n int) (*result, error
 	res.deleted = time.Since(start)
 	fmt.Printf("    all PVs gone after %s\n", res.deleted.Round(time.Millisecond))
 	return res, nil
+}
+
+func numbered(prefix string, n int) []string {
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("%s-%04d", prefix, i)
+	}
+	return names
+}
+
+func claim(name string, class *string, volume string) *corev1.PersistentVolumeClaim {
+	return &corev1.PersistentVolumeClaim{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: corev1.PersistentVolumeClaimSpec{
+			AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce}, StorageClassName: class, VolumeName: volume,
+			Resources: corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Mi")}},
+		},
+	}
+}
+
+// bindAll runs create for every name at once, then waits until every claim
+// is Bound; it returns the timings and when each create returned.
+func bindAll(tr *tracker, names []string, create func(string) error) (*result, map[string]time.Time, error) {
+	var mu sync.Mutex
+	created := map[string]time.Time{}
+	start := time.Now()
+	if err := forEach(names, func(name string) error {
+		err := create(name)
+		mu.Lock()
+		created[name] = time.Now()
+		mu.Unlock()
+		return err
+	}); err != nil {
+		return nil, nil, err
+	}
+	bound, err := tr.waitBound(names, 10*time.Minute)
+	if err != nil {
+		return nil, nil, err
+	}
+	res := &result{allBound: time.Since(start)}
+	for _, name := range names {
+		res.perClaim = append(res.perClaim, bound[name].Sub(created[name]))
+	}
+	return res, created, nil
 }
 
 // forEach runs f for every name, parallel at a time; the first error wins.

@@ -4,10 +4,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/monocsi/monocsi/internal/atomicfile"
 )
 
 // record is what the driver remembers of a volume besides its directory.
@@ -67,30 +70,13 @@ func readJSON(file string, v any) (bool, error) {
 	return true, nil
 }
 
-// writeJSON writes v to file atomically (temporary file, fsync, rename).
+// writeJSON writes v to file atomically.
 func writeJSON(file string, v any) error {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(filepath.Dir(file), ".record-*.tmp")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, file)
-	}
-	if err != nil {
-		os.Remove(tmp)
-	}
+	_, err = atomicfile.Write(file, func(w io.Writer) error { _, err := w.Write(b); return err })
 	return err
 }
 

@@ -16,6 +16,8 @@ import (
 	"path"
 	"strings"
 	"time"
+
+	"github.com/monocsi/monocsi/internal/atomicfile"
 )
 
 // Write writes the tree below dir to w as a tar stream. Regular files,
@@ -167,38 +169,16 @@ func Copy(src, dst string) error {
 	return err
 }
 
-// WriteFile writes a gzip-compressed archive of dir to file, atomically:
-// a temporary file is synced and renamed into place. It returns the
-// archive's size.
+// WriteFile writes a gzip-compressed archive of dir to file, atomically,
+// and returns the archive's size.
 func WriteFile(file, dir string) (int64, error) {
-	f, err := os.CreateTemp(path.Dir(file), ".archive-*.tmp")
-	if err != nil {
-		return 0, err
-	}
-	tmp := f.Name()
-	zw := gzip.NewWriter(f)
-	err = Write(zw, dir)
-	if err == nil {
-		err = zw.Close()
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	var size int64
-	if fi, serr := f.Stat(); err == nil && serr == nil {
-		size = fi.Size()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, file)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return 0, err
-	}
-	return size, nil
+	return atomicfile.Write(file, func(w io.Writer) error {
+		zw := gzip.NewWriter(w)
+		if err := Write(zw, dir); err != nil {
+			return err
+		}
+		return zw.Close()
+	})
 }
 
 // ExtractFile unpacks a gzip-compressed archive written by WriteFile into dir.
