@@ -84,11 +84,22 @@ func runNode(ctx context.Context, args []string) error {
 				local = append(local, p)
 			}
 		}
-		provs, err := provisioners(ctx, client, local, df.nodeID, *extraMetadata)
-		if err != nil {
-			return err
-		}
-		g.Go(func() error { return provisioner.Run(ctx, client, provs, reg) })
+		// The API server may be unreachable when a node boots: keep serving
+		// the kubelet (existing volumes must mount) and retry until it answers.
+		g.Go(func() error {
+			for wait := time.Second; ; wait = min(2*wait, time.Minute) {
+				provs, err := provisioners(ctx, client, local, df.nodeID, *extraMetadata)
+				if err == nil {
+					return provisioner.Run(ctx, client, provs, reg)
+				}
+				klog.ErrorS(err, "Cannot start provisioning yet; retrying", "in", wait)
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(wait):
+				}
+			}
+		})
 	}
 	if *httpEndpoint != "" {
 		mux := http.NewServeMux()

@@ -29,7 +29,8 @@ type nodeRole struct {
 	csiSock, healthzAddr string
 }
 
-func startNode(t *testing.T) *nodeRole {
+// startNode runs `monocsi node`; without extra arguments, with --provision=false.
+func startNode(t *testing.T, extra ...string) *nodeRole {
 	if os.Geteuid() != 0 {
 		t.Fatal("the node role needs root (it creates sockets under the kubelet directory and mounts); run as root")
 	}
@@ -37,8 +38,11 @@ func startNode(t *testing.T) *nodeRole {
 	n := &nodeRole{kubeletDir: filepath.Join(dir, "kubelet"), healthzAddr: freeAddr(t)}
 	n.regSock = filepath.Join(n.kubeletDir, "plugins_registry", driverName+"-reg.sock")
 	n.csiSock = filepath.Join(n.kubeletDir, "plugins", driverName, "csi.sock")
-	n.proc = testbin.Start(t, "node", "--node-id=node1", "--kubelet-dir="+n.kubeletDir, "--drivers=local",
-		"--local-root="+filepath.Join(dir, "local"), "--http-endpoint="+n.healthzAddr, "--provision=false", "--v=2")
+	if len(extra) == 0 {
+		extra = []string{"--provision=false"}
+	}
+	n.proc = testbin.Start(t, append([]string{"node", "--node-id=node1", "--kubelet-dir=" + n.kubeletDir, "--drivers=local",
+		"--local-root=" + filepath.Join(dir, "local"), "--http-endpoint=" + n.healthzAddr, "--v=2"}, extra...)...)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	testbin.WaitForSocket(ctx, t, n.regSock)
@@ -164,5 +168,35 @@ func TestShutdownRemovesSockets(t *testing.T) {
 		if _, err := os.Lstat(s); !os.IsNotExist(err) {
 			t.Errorf("%s left after shutdown: %v", s, err)
 		}
+	}
+}
+
+// An edge node may boot before its API server is reachable: the node role
+// must still register the driver with the kubelet (existing volumes must
+// mount), and keep trying to start provisioning.
+func TestNodeServesWithoutAPIServer(t *testing.T) {
+	kc := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(kc, []byte(`apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:1", insecure-skip-tls-verify: true}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: c, context: {cluster: c, user: u}}]
+current-context: c
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n := startNode(t, "--kubeconfig="+kc)
+	if info, ni, _ := kubelet(t, n.regSock); info.Name != driverName || ni.NodeId != "node1" {
+		t.Errorf("registration without an API server: %v %v", info, ni)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(n.proc.Log(), "Cannot start provisioning yet") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no retry logged:\n%s", n.proc.Log())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err, exited := n.proc.Exited(0); exited {
+		t.Fatalf("node role exited without an API server: %v", err)
 	}
 }
