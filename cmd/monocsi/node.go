@@ -59,10 +59,15 @@ func runNode(ctx context.Context, args []string) error {
 	for _, p := range plugins {
 		sock := nodeplugin.SocketPath(*kubeletDir, p.Name)
 		reg := &registrar.Registrar{
-			Driver:    p.Name,
-			Endpoint:  sock,
-			Socket:    registrar.SocketPath(*kubeletDir, p.Name),
-			OnFailure: func(err error) { regFailed <- err },
+			Driver:   p.Name,
+			Endpoint: sock,
+			Socket:   registrar.SocketPath(*kubeletDir, p.Name),
+			OnFailure: func(err error) {
+				select { // the first failure ends the process; never block the kubelet's call
+				case regFailed <- err:
+				default:
+				}
+			},
 		}
 		g.Go(func() error { return reg.Run(ctx) })
 		probe, err := health.ProbeSocket(p.Name, sock)
