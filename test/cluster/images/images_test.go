@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path"
@@ -441,56 +440,3 @@ func TestParseLdd(t *testing.T) {
 	}
 }
 
-// TestImport loads the images into a running containerd, in a namespace of
-// its own that it removes them from. It is skipped without ctr or a
-// reachable containerd (CONTAINERD_ADDRESS, as ctr reads it, or the default
-// socket).
-func TestImport(t *testing.T) {
-	if _, err := exec.LookPath("ctr"); err != nil {
-		t.Skip("no ctr")
-	}
-	addr := os.Getenv("CONTAINERD_ADDRESS")
-	if addr == "" {
-		addr = "/run/containerd/containerd.sock"
-	}
-	conn, err := net.DialTimeout("unix", addr, time.Second)
-	if err != nil {
-		t.Skipf("no containerd: %v", err)
-	}
-	conn.Close()
-	dir := t.TempDir()
-	images := map[string]func(string) error{
-		"localhost/pause:local":  func(out string) error { return Pause(out, pauseBin) },
-		"localhost/monocsi:test": func(out string) error { return Monocsi(out, "localhost/monocsi:test", pauseBin) },
-	}
-	if _, err := os.Stat(busyboxBin); err == nil {
-		images["localhost/busybox:local"] = Busybox
-	}
-	const ns = "monocsi-images-test"
-	ctr := func(args ...string) error {
-		out, err := exec.Command("ctr", append([]string{"--address", addr, "-n", ns}, args...)...).CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("ctr %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return nil
-	}
-	// Best effort: containerd refuses while the namespace holds anything.
-	defer exec.Command("ctr", "--address", addr, "namespaces", "rm", ns).Run()
-	for tag, build := range images {
-		out := filepath.Join(dir, strings.NewReplacer("/", "_", ":", "_").Replace(tag)+".tar")
-		if err := build(out); err != nil {
-			t.Fatal(err)
-		}
-		// Import unpacks too, so this also checks the layer applies.
-		if err := ctr("images", "import", out); err != nil {
-			t.Error(err)
-			continue
-		}
-		if err := ctr("images", "check", "name=="+tag); err != nil {
-			t.Error(err)
-		}
-		if err := ctr("images", "rm", "--sync", tag); err != nil {
-			t.Error(err)
-		}
-	}
-}
