@@ -439,4 +439,3 @@ func TestParseLdd(t *testing.T) {
 		t.Errorf("missing library: error %v", err)
 	}
 }
-
