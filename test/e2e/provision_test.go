@@ -206,3 +206,75 @@ func pinnedTo(pv *corev1.PersistentVolume, node string) bool {
 	e := pv.Spec.NodeAffinity.Required.NodeSelectorTerms[0].MatchExpressions
 	return len(e) == 1 && e[0].Key == topologyKey && e[0].Operator == corev1.NodeSelectorOpIn && slices.Equal(e[0].Values, []string{node})
 }
+
+// A claim cloned from another (dataSource PersistentVolumeClaim) starts with
+// the source's data; a VolumeSnapshot source is refused with a clear event.
+func TestCloneAndSnapshotSource(t *testing.T) {
+	ctx := context.Background()
+	storageClass(t, "e2e-clone", corev1.PersistentVolumeReclaimDelete, nil)
+	claim(t, "e2e-src", "e2e-clone")
+	src := writerPod(t, "e2e-src-writer", "e2e-src")
+	srcPV := boundPV(t, "e2e-src")
+	eventually(t, 30*time.Second, "source data", func() error {
+		_, err := os.Stat(filepath.Join(tc.LocalRoot(), srcPV.Spec.CSI.VolumeHandle, "hello"))
+		return err
+	})
+	deletePod(t, src.Name) // a consistent copy: nothing writes during the clone
+
+	withSource := func(name string, ref corev1.TypedLocalObjectReference) {
+		class := "e2e-clone"
+		pvc := &corev1.PersistentVolumeClaim{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+			Spec: corev1.PersistentVolumeClaimSpec{
+				AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce}, StorageClassName: &class, DataSource: &ref,
+				Resources: corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("16Mi")}},
+			},
+		}
+		if _, err := kube.CoreV1().PersistentVolumeClaims(ns).Create(ctx, pvc, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { deleteClaim(t, name) })
+	}
+	withSource("e2e-clone", corev1.TypedLocalObjectReference{Kind: "PersistentVolumeClaim", Name: "e2e-src"})
+	writerPod(t, "e2e-clone-user", "e2e-clone")
+	clonePV := boundPV(t, "e2e-clone")
+	// The clone's pod appends to the log the source's pod wrote: the clone
+	// must start with the source's whole log.
+	srcLog, err := os.ReadFile(filepath.Join(tc.LocalRoot(), srcPV.Spec.CSI.VolumeHandle, "log"))
+	if err != nil || len(srcLog) == 0 {
+		t.Fatalf("source log: %q %v", srcLog, err)
+	}
+	cloneLog, err := os.ReadFile(filepath.Join(tc.LocalRoot(), clonePV.Spec.CSI.VolumeHandle, "log"))
+	if err != nil || !strings.HasPrefix(string(cloneLog), string(srcLog)) {
+		t.Errorf("the clone does not start with the source's data:\nsource %q\nclone  %q (%v)", srcLog, cloneLog, err)
+	}
+	if clonePV.Spec.CSI.VolumeHandle == srcPV.Spec.CSI.VolumeHandle {
+		t.Error("the clone is the source volume itself")
+	}
+
+	group := "snapshot.storage.k8s.io"
+	withSource("e2e-from-snap", corev1.TypedLocalObjectReference{APIGroup: &group, Kind: "VolumeSnapshot", Name: "snap"})
+	grace := int64(0)
+	if _, err := kube.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "e2e-from-snap-user", Namespace: ns},
+		Spec: corev1.PodSpec{HostNetwork: true, TerminationGracePeriodSeconds: &grace,
+			Containers: []corev1.Container{{Name: "c", Image: "localhost/busybox:local", ImagePullPolicy: corev1.PullNever,
+				Command: []string{"sleep", "3600"}, VolumeMounts: []corev1.VolumeMount{{Name: "d", MountPath: "/d"}}}},
+			Volumes: []corev1.Volume{{Name: "d", VolumeSource: corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "e2e-from-snap"}}}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { deletePod(t, "e2e-from-snap-user") })
+	eventually(t, 2*time.Minute, "ProvisioningFailed for the snapshot source", func() error {
+		evs, err := kube.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=e2e-from-snap,reason=ProvisioningFailed"})
+		if err != nil {
+			return err
+		}
+		for _, e := range evs.Items {
+			if strings.Contains(e.Message, "VolumeSnapshot") {
+				return nil
+			}
+		}
+		return fmt.Errorf("events: %s", podEvents("e2e-from-snap"))
+	})
+}
