@@ -70,10 +70,10 @@ func (c *Cluster) deleteTasks() {
 	}
 }
 
-// removeKubeletLeftovers removes what the kubelet writes outside its
-// --root-dir whatever it is told: container log links in /var/log/containers
-// pointing into the run directory, and /var/lib/kubelet/device-plugins when
-// this run created it.
+// removeKubeletLeftovers removes what the kubelet and the shims write outside
+// the run directory whatever they are told: container log links in
+// /var/log/containers pointing into the run directory, empty shim socket
+// directories, and /var/lib/kubelet/device-plugins when this run created it.
 func (c *Cluster) removeKubeletLeftovers() error {
 	links, _ := filepath.Glob("/var/log/containers/*.log")
 	for _, l := range links {
@@ -83,6 +83,10 @@ func (c *Cluster) removeKubeletLeftovers() error {
 			}
 		}
 	}
+	// Shims put their sockets in /run/containerd/s whatever containerd's
+	// state directory; remove the directories if that left them empty.
+	os.Remove("/run/containerd/s")
+	os.Remove("/run/containerd")
 	if c.CreatedVarLibKubelet {
 		sock := "/var/lib/kubelet/device-plugins/kubelet.sock"
 		if fi, err := os.Lstat(sock); err == nil && fi.Mode()&os.ModeSocket != 0 {

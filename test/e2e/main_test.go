@@ -7,6 +7,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -58,6 +60,10 @@ func run(m *testing.M) int {
 			fmt.Fprintln(os.Stderr, "e2e: FAIL: teardown:", err)
 			code = 1
 		}
+		if left := leftovers(tc.Dir); len(left) > 0 {
+			fmt.Fprintln(os.Stderr, "e2e: FAIL: teardown left:", strings.Join(left, "; "))
+			code = 1
+		}
 		fmt.Printf("==> teardown: %s\n", time.Since(stop).Round(100*time.Millisecond))
 	}()
 	fmt.Printf("==> cluster up in %s\n", time.Since(start).Round(100*time.Millisecond))
@@ -77,4 +83,24 @@ func run(m *testing.M) int {
 	code = m.Run()
 	fmt.Printf("==> e2e tests: %s\n", time.Since(tests).Round(100*time.Millisecond))
 	return code
+}
+
+// leftovers lists what a torn-down run left behind: processes whose command
+// line names the run directory, mounts under it.
+func leftovers(dir string) []string {
+	var left []string
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		if b, err := os.ReadFile(p); err == nil && strings.Contains(string(b), dir) {
+			left = append(left, "process "+strings.ReplaceAll(string(b), "\x00", " "))
+		}
+	}
+	if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(line); len(f) > 4 && (f[4] == dir || strings.HasPrefix(f[4], dir+"/")) {
+				left = append(left, "mount "+f[4])
+			}
+		}
+	}
+	return left
 }
