@@ -154,7 +154,9 @@ func (p *Provisioner) Provision(ctx context.Context, o controller.ProvisionOptio
 	resp, err := p.opts.Driver.CreateVolume(cctx, req)
 	observe(p.name, "CreateVolume", start, err)
 	if err != nil {
-		return nil, provisioningState(err, o.SelectedNode != nil), fmt.Errorf("rpc error: %w", err)
+		// The library prefixes "failed to provision volume with StorageClass":
+		// the event reads exactly as external-provisioner's.
+		return nil, provisioningState(err, o.SelectedNode != nil), err
 	}
 	vol := resp.GetVolume()
 	requested := req.GetCapacityRange().GetRequiredBytes()
@@ -222,7 +224,7 @@ func (p *Provisioner) Delete(ctx context.Context, pv *corev1.PersistentVolume) e
 	_, err = p.opts.Driver.DeleteVolume(cctx, &csi.DeleteVolumeRequest{VolumeId: pv.Spec.CSI.VolumeHandle, Secrets: secrets})
 	observe(p.name, "DeleteVolume", start, err)
 	if err != nil {
-		return fmt.Errorf("rpc error: %w", err)
+		return err
 	}
 	klog.V(2).InfoS("Deleted volume", "driver", p.name, "pv", pv.Name, "volume", pv.Spec.CSI.VolumeHandle)
 	return nil

@@ -180,7 +180,7 @@ func TestBadParameterReportsEvent(t *testing.T) {
 			return err
 		}
 		for _, e := range evs.Items {
-			if e.Type == corev1.EventTypeWarning && strings.Contains(e.Message, `unknown parameter "colour"`) {
+			if e.Type == corev1.EventTypeWarning && strings.HasPrefix(e.Message, `failed to provision volume with StorageClass "e2e-bad": rpc error: code = InvalidArgument`) && strings.Contains(e.Message, `unknown parameter "colour"`) {
 				return nil
 			}
 		}
