@@ -220,12 +220,8 @@ func (d *Driver) ValidateVolumeCapabilities(_ context.Context, req *csi.Validate
 	if err := driver.CheckCapabilities(req.GetVolumeCapabilities()); err != nil {
 		return nil, err
 	}
-	rec, err := d.readRecord(id)
-	if err != nil {
-		return nil, status.Errorf(codes.Internal, "volume %s: %v", id, err)
-	}
-	if rec == nil {
-		return nil, status.Errorf(codes.NotFound, "volume %s does not exist", id)
+	if _, err := d.existingRecord(id); err != nil {
+		return nil, err
 	}
 	if ok, msg := supported(req.GetVolumeCapabilities()); !ok {
 		return &csi.ValidateVolumeCapabilitiesResponse{Message: msg}, nil
@@ -373,12 +369,8 @@ func (d *Driver) health(id string) (*csi.VolumeHealth, error) {
 	if err := driver.ValidID("volume ID", id); err != nil {
 		return nil, err
 	}
-	rec, err := d.readRecord(id)
-	if err != nil {
-		return nil, status.Errorf(codes.Internal, "volume %s: %v", id, err)
-	}
-	if rec == nil {
-		return nil, status.Errorf(codes.NotFound, "volume %s does not exist on node %s", id, d.nodeID)
+	if _, err := d.existingRecord(id); err != nil {
+		return nil, err
 	}
 	h := &csi.VolumeHealth{VolumeId: id}
 	if fi, err := os.Lstat(d.volumeDir(id)); err != nil || !fi.IsDir() {

@@ -100,14 +100,13 @@ func (d *Driver) NodePublishVolume(_ context.Context, req *csi.NodePublishVolume
 
 // existingVolumeDir returns the volume's directory, or NOT_FOUND.
 func (d *Driver) existingVolumeDir(id string) (string, error) {
-	rec, err := d.readRecord(id)
-	if err != nil {
-		return "", status.Errorf(codes.Internal, "volume %s: %v", id, err)
+	if _, err := d.existingRecord(id); err != nil {
+		return "", err
 	}
 	dir := d.volumeDir(id)
 	fi, err := os.Lstat(dir)
-	if rec == nil || err != nil {
-		return "", status.Errorf(codes.NotFound, "volume %s does not exist on node %s", id, d.nodeID)
+	if err != nil {
+		return "", status.Errorf(codes.NotFound, "volume %s has lost its directory %s", id, dir)
 	}
 	if !fi.IsDir() {
 		return "", status.Errorf(codes.Internal, "%s is not a directory", dir)

@@ -10,6 +10,9 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/monocsi/monocsi/internal/atomicfile"
 )
 
@@ -44,6 +47,18 @@ func (d *Driver) readRecord(id string) (*record, error) {
 		return nil, err
 	}
 	return &r, nil
+}
+
+// existingRecord returns the volume's record, or NOT_FOUND.
+func (d *Driver) existingRecord(id string) (*record, error) {
+	rec, err := d.readRecord(id)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "volume %s: %v", id, err)
+	}
+	if rec == nil {
+		return nil, status.Errorf(codes.NotFound, "volume %s does not exist on node %s", id, d.nodeID)
+	}
+	return rec, nil
 }
 
 func (d *Driver) readSnapshot(id string) (*snapshotRecord, error) {

@@ -49,12 +49,9 @@ func (d *Driver) CreateSnapshot(_ context.Context, req *csi.CreateSnapshotReques
 		}
 		return &csi.CreateSnapshotResponse{Snapshot: d.snapshot(id, snap)}, nil
 	}
-	rec, err := d.readRecord(srcID)
+	rec, err := d.existingRecord(srcID)
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "volume %s: %v", srcID, err)
-	}
-	if rec == nil {
-		return nil, status.Errorf(codes.NotFound, "source volume %s does not exist on node %s", srcID, d.nodeID)
+		return nil, err
 	}
 	if _, err := treecopy.WriteFile(d.archivePath(id), d.volumeDir(srcID)); err != nil {
 		return nil, status.Errorf(codes.Internal, "archive volume %s: %v", srcID, err)
@@ -164,12 +161,9 @@ func (d *Driver) contentSource(src *csi.VolumeContentSource) (string, int64, err
 		if err := driver.ValidID("source volume ID", id); err != nil {
 			return "", 0, err
 		}
-		rec, err := d.readRecord(id)
+		rec, err := d.existingRecord(id)
 		if err != nil {
-			return "", 0, status.Errorf(codes.Internal, "volume %s: %v", id, err)
-		}
-		if rec == nil {
-			return "", 0, status.Errorf(codes.NotFound, "source volume %s does not exist on node %s", id, d.nodeID)
+			return "", 0, err
 		}
 		return "volume/" + id, rec.CapacityBytes, nil
 	}
@@ -228,12 +222,9 @@ func (d *Driver) ControllerExpandVolume(_ context.Context, req *csi.ControllerEx
 		return nil, err
 	}
 	defer unlock()
-	rec, err := d.readRecord(id)
+	rec, err := d.existingRecord(id)
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "volume %s: %v", id, err)
-	}
-	if rec == nil {
-		return nil, status.Errorf(codes.NotFound, "volume %s does not exist on node %s", id, d.nodeID)
+		return nil, err
 	}
 	if size > rec.CapacityBytes {
 		if err := d.checkFree(size - rec.CapacityBytes); err != nil {
