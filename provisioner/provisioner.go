@@ -117,9 +117,74 @@ func (p *Provisioner) has(c csi.ControllerServiceCapability_RPC_Type) bool {
 	return slices.Contains(p.caps, c)
 }
 
-// ShouldProvision: in a node deployment, only claims scheduled to this node.
-func (p *Provisioner) ShouldProvision(_ context.Context, pvc *corev1.PersistentVolumeClaim) bool {
-	return p.opts.NodeName == "" || pvc.Annotations[annSelectedNode] == p.opts.NodeName
+// ShouldProvision: in a node deployment, only claims scheduled to this node,
+// and claims of Immediate-binding classes this node manages to take.
+func (p *Provisioner) ShouldProvision(ctx context.Context, pvc *corev1.PersistentVolumeClaim) bool {
+	if p.opts.NodeName == "" {
+		return true
+	}
+	switch pvc.Annotations[annSelectedNode] {
+	case p.opts.NodeName:
+		return true
+	case "":
+		return p.takeImmediate(ctx, pvc)
+	}
+	return false
+}
+
+// immediateJitter spreads the nodes' attempts to take an Immediate claim.
+const immediateJitter = 2 * time.Second
+
+// takeImmediate handles a claim that no scheduler will place (its class binds
+// immediately), as external-provisioner --node-deployment-immediate-binding
+// does: a node with room for it waits a random moment, then writes itself as
+// the selected node; the API's optimistic concurrency lets one node win.
+func (p *Provisioner) takeImmediate(ctx context.Context, pvc *corev1.PersistentVolumeClaim) bool {
+	if provisionerOf(pvc) != p.name || pvc.Spec.StorageClassName == nil {
+		return false
+	}
+	sc, err := p.client.StorageV1().StorageClasses().Get(ctx, *pvc.Spec.StorageClassName, metav1.GetOptions{})
+	if err != nil || sc.VolumeBindingMode != nil && *sc.VolumeBindingMode == storagev1.VolumeBindingWaitForFirstConsumer {
+		return false
+	}
+	if terms := sc.AllowedTopologies; len(terms) > 0 && !allowed(terms, p.myTopology.GetSegments()) {
+		return false
+	}
+	if q, ok := pvc.Spec.Resources.Requests[corev1.ResourceStorage]; ok && p.has(csi.ControllerServiceCapability_RPC_GET_CAPACITY) {
+		c, err := p.opts.Driver.GetCapacity(ctx, &csi.GetCapacityRequest{AccessibleTopology: p.myTopology, Parameters: sc.Parameters})
+		if err != nil || c.GetAvailableCapacity() < q.Value() {
+			return false
+		}
+	}
+	select {
+	case <-ctx.Done():
+		return false
+	case <-time.After(rand.N(immediateJitter)):
+	}
+	fresh, err := p.client.CoreV1().PersistentVolumeClaims(pvc.Namespace).Get(ctx, pvc.Name, metav1.GetOptions{})
+	if err != nil || fresh.UID != pvc.UID || fresh.Spec.VolumeName != "" {
+		return false
+	}
+	if n := fresh.Annotations[annSelectedNode]; n != "" {
+		return n == p.opts.NodeName
+	}
+	if fresh.Annotations == nil {
+		fresh.Annotations = map[string]string{}
+	}
+	fresh.Annotations[annSelectedNode] = p.opts.NodeName
+	if _, err := p.client.CoreV1().PersistentVolumeClaims(fresh.Namespace).Update(ctx, fresh, metav1.UpdateOptions{}); err != nil {
+		klog.V(3).InfoS("Another node took the claim", "claim", klog.KObj(pvc), "error", err)
+		return false
+	}
+	klog.V(2).InfoS("Took claim of an Immediate-binding class", "claim", klog.KObj(pvc), "node", p.opts.NodeName)
+	return true
+}
+
+func provisionerOf(pvc *corev1.PersistentVolumeClaim) string {
+	if n, ok := pvc.Annotations["volume.kubernetes.io/storage-provisioner"]; ok {
+		return n
+	}
+	return pvc.Annotations["volume.beta.kubernetes.io/storage-provisioner"]
 }
 
 // ShouldDelete: in a node deployment, only PVs accessible from this node.

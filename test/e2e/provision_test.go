@@ -22,7 +22,12 @@ import (
 // storageClass creates a WaitForFirstConsumer class for the local driver.
 func storageClass(t *testing.T, name string, reclaim corev1.PersistentVolumeReclaimPolicy, params map[string]string) {
 	t.Helper()
-	wffc := storagev1.VolumeBindingWaitForFirstConsumer
+	classWithMode(t, name, reclaim, params, storagev1.VolumeBindingWaitForFirstConsumer)
+}
+
+func classWithMode(t *testing.T, name string, reclaim corev1.PersistentVolumeReclaimPolicy, params map[string]string, mode storagev1.VolumeBindingMode) {
+	t.Helper()
+	wffc := mode
 	sc := &storagev1.StorageClass{
 		ObjectMeta:        metav1.ObjectMeta{Name: name},
 		Provisioner:       localDriver,
@@ -276,5 +281,36 @@ func TestCloneAndSnapshotSource(t *testing.T) {
 			}
 		}
 		return fmt.Errorf("events: %s", podEvents("e2e-from-snap"))
+	})
+}
+
+// An Immediate-binding class: no pod, no scheduler; a node takes the claim
+// (as external-provisioner --node-deployment-immediate-binding) and
+// provisions it there.
+func TestImmediateBindingLocal(t *testing.T) {
+	ctx := context.Background()
+	classWithMode(t, "e2e-now", corev1.PersistentVolumeReclaimDelete, nil, storagev1.VolumeBindingImmediate)
+	claim(t, "e2e-now", "e2e-now")
+	pv := boundPV(t, "e2e-now")
+	if !pinnedTo(pv, cluster.NodeName) {
+		t.Errorf("PV not pinned to the node that took it: %+v", pv.Spec.NodeAffinity)
+	}
+	pvc, err := kube.CoreV1().PersistentVolumeClaims(ns).Get(ctx, "e2e-now", metav1.GetOptions{})
+	if err != nil || pvc.Annotations["volume.kubernetes.io/selected-node"] != cluster.NodeName {
+		t.Errorf("claim not marked as taken by %s: %v %v", cluster.NodeName, pvc.Annotations, err)
+	}
+	dir := filepath.Join(tc.LocalRoot(), pv.Spec.CSI.VolumeHandle)
+	if _, err := os.Stat(dir); err != nil {
+		t.Fatal(err)
+	}
+	deleteClaim(t, "e2e-now")
+	eventually(t, time.Minute, "PV and directory gone", func() error {
+		if _, err := kube.CoreV1().PersistentVolumes().Get(ctx, pv.Name, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			return fmt.Errorf("PV still there: %v", err)
+		}
+		if _, err := os.Stat(dir); !os.IsNotExist(err) {
+			return fmt.Errorf("directory still there: %v", err)
+		}
+		return nil
 	})
 }
