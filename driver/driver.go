@@ -8,6 +8,7 @@
 package driver
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -50,7 +51,7 @@ func ValidID(what, id string) error {
 			continue
 		}
 		return status.Errorf(codes.InvalidArgument,
-			"%s %q: only letters, digits, '.', '_' and '-' are allowed, starting with a letter or digit", what, printable(id))
+			"%s %q: only letters, digits, '.', '_' and '-' are allowed, starting with a letter or digit", what, Printable(id))
 	}
 	return nil
 }
@@ -64,7 +65,7 @@ func CheckHostPath(what, p string) error {
 		return status.Errorf(codes.InvalidArgument, "%s is required", what)
 	}
 	if strings.ContainsRune(p, 0) || !filepath.IsAbs(p) || filepath.Clean(p) != p {
-		return status.Errorf(codes.InvalidArgument, "%s %q must be a clean absolute path", what, printable(p))
+		return status.Errorf(codes.InvalidArgument, "%s %q must be a clean absolute path", what, Printable(p))
 	}
 	fi, err := os.Lstat(p)
 	if err == nil && fi.Mode()&os.ModeSymlink != 0 {
@@ -73,8 +74,8 @@ func CheckHostPath(what, p string) error {
 	return nil
 }
 
-// printable shortens user input for error messages (which quote it with %q).
-func printable(s string) string {
+// Printable shortens user input for error messages (which quote it with %q).
+func Printable(s string) string {
 	const limit = 80
 	if len(s) > limit {
 		s = s[:limit] + "..."
@@ -150,9 +151,9 @@ func CheckParameters(params map[string]string, known ...string) error {
 		}
 		if !ok {
 			if len(known) == 0 {
-				return status.Errorf(codes.InvalidArgument, "unknown parameter %q: this driver takes no parameters", printable(k))
+				return status.Errorf(codes.InvalidArgument, "unknown parameter %q: this driver takes no parameters", Printable(k))
 			}
-			return status.Errorf(codes.InvalidArgument, "unknown parameter %q (known: %s)", printable(k), strings.Join(known, ", "))
+			return status.Errorf(codes.InvalidArgument, "unknown parameter %q (known: %s)", Printable(k), strings.Join(known, ", "))
 		}
 	}
 	return nil
@@ -175,4 +176,19 @@ type Declaration struct {
 // Declarer is implemented by drivers that declare their CSIDriver object.
 type Declarer interface {
 	Declare() Declaration
+}
+
+type mountOptionsKey struct{}
+
+// WithMountOptions hands a PV's mountOptions to an in-process DeleteVolume.
+// The CSI request has no field for them, yet a driver that mounts to delete
+// (nfs) needs them; csi-driver-nfs users must copy them into a secret.
+func WithMountOptions(ctx context.Context, opts []string) context.Context {
+	return context.WithValue(ctx, mountOptionsKey{}, opts)
+}
+
+// MountOptions returns what WithMountOptions stored, or nil.
+func MountOptions(ctx context.Context) []string {
+	opts, _ := ctx.Value(mountOptionsKey{}).([]string)
+	return opts
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/kubernetes"
@@ -14,6 +15,7 @@ import (
 	"github.com/monocsi/monocsi/driver"
 
 	"github.com/monocsi/monocsi/driver/local"
+	"github.com/monocsi/monocsi/driver/nfs"
 	"github.com/monocsi/monocsi/internal/version"
 	"github.com/monocsi/monocsi/nodeplugin"
 	"github.com/monocsi/monocsi/provisioner"
@@ -24,12 +26,17 @@ type driverFlags struct {
 	nodeID    string
 	localRoot string
 	localName string
+	nfs       nfs.Config
 }
 
 func (f *driverFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.nodeID, "node-id", os.Getenv("NODE_NAME"), "this node's name (the Kubernetes node name); default $NODE_NAME")
 	fs.StringVar(&f.localRoot, "local-root", local.DefaultRoot, "directory holding the local driver's volumes")
 	fs.StringVar(&f.localName, "local-driver-name", local.DefaultName, "CSI name of the local driver")
+	fs.StringVar(&f.nfs.Name, "nfs-driver-name", nfs.DefaultName, "CSI name of the nfs driver (nfs.csi.k8s.io takes over csi-driver-nfs's volumes)")
+	fs.StringVar(&f.nfs.WorkDir, "nfs-workdir", nfs.DefaultWorkDir, "directory for the nfs driver's short-lived mounts of shares (controller)")
+	fs.StringVar(&f.nfs.OnDelete, "nfs-default-ondelete", "delete", "what deleting an nfs volume does when its StorageClass does not say: delete, retain or archive")
+	fs.DurationVar(&f.nfs.MountTimeout, "nfs-mount-timeout", 30*time.Second, "how long an NFS mount may take before the call fails (each unmount step gets a third)")
 }
 
 // build creates the named drivers.
@@ -56,8 +63,16 @@ func (f *driverFlags) build(names []string) ([]nodeplugin.Plugin, error) {
 				return nil, err
 			}
 			plugins = append(plugins, nodeplugin.Plugin{Name: f.localName, Driver: d, NodeLocal: d.Declare().NodeLocal})
+		case "nfs":
+			c := f.nfs
+			c.NodeID, c.Version = f.nodeID, version.Version
+			d, err := nfs.New(c)
+			if err != nil {
+				return nil, err
+			}
+			plugins = append(plugins, nodeplugin.Plugin{Name: c.Name, Driver: d})
 		default:
-			return nil, fmt.Errorf("unknown driver %q (available: local)", n)
+			return nil, fmt.Errorf("unknown driver %q (available: local, nfs)", n)
 		}
 	}
 	if len(plugins) == 0 {

@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
@@ -23,10 +24,18 @@ var (
 )
 
 // Build compiles cmd/monocsi once per test process into bin/monocsi-test and
-// returns its path.
+// returns its path. When $MONOCSI_TEST_BIN names an existing file, that
+// prebuilt binary is used instead: test binaries run where there is no Go
+// toolchain (make e2e-nfs runs them inside a VM).
 func Build(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
+		if p := os.Getenv("MONOCSI_TEST_BIN"); p != "" {
+			if _, buildErr = os.Stat(p); buildErr == nil {
+				binPath = p
+			}
+			return
+		}
 		_, file, _, _ := runtime.Caller(0)
 		repo := filepath.Join(filepath.Dir(file), "..", "..")
 		// bin/ of the checkout (git-ignored): nothing left in /tmp.
@@ -55,7 +64,14 @@ type Process struct {
 // and its log is printed if the test failed.
 func Start(t testing.TB, args ...string) *Process {
 	t.Helper()
+	return StartEnv(t, nil, args...)
+}
+
+// StartEnv is Start with env added to the process's environment.
+func StartEnv(t testing.TB, env []string, args ...string) *Process {
+	t.Helper()
 	p := &Process{cmd: exec.Command(Build(t), args...), log: &syncWriter{w: &bytes.Buffer{}}, exited: make(chan struct{})}
+	p.cmd.Env = append(os.Environ(), env...)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)

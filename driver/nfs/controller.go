@@ -1,0 +1,275 @@
+package nfs
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"os"
+	"path"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+
+	"github.com/monocsi/monocsi/driver"
+)
+
+// CreateVolume creates the volume's sub-directory on the share. It is
+// idempotent: an existing directory is the volume.
+func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
+	name := req.GetName()
+	if err := driver.ValidID("volume name", name); err != nil {
+		return nil, err
+	}
+	if err := checkCapabilities(req.GetVolumeCapabilities()); err != nil {
+		return nil, err
+	}
+	if req.GetVolumeContentSource() != nil {
+		return nil, status.Error(codes.InvalidArgument, "the nfs driver cannot fill a volume from a snapshot or another volume")
+	}
+	p, err := parseParams(req.GetParameters(), true)
+	if err != nil {
+		return nil, err
+	}
+	v := volume{server: p.server, share: p.share, subDir: name, onDelete: p.onDelete}
+	if p.hasSubDir {
+		if v.subDir, err = expand(p.subDir, req.GetParameters()); err != nil {
+			return nil, err
+		}
+		v.subDir = strings.TrimSuffix(v.subDir, "/")
+		if err := checkSubDir(v.subDir); err != nil {
+			return nil, err
+		}
+		v.uuid = name // templated sub-directories may repeat; the handle must not
+	}
+	opts := mountFlags(req.GetVolumeCapabilities())
+	if err := checkOptions(opts); err != nil {
+		return nil, err
+	}
+	extra, _ := splitOptions(p.mountOptions) // checked by parseParams
+	opts = append(opts, extra...)
+
+	unlock, err := d.locks.TryLock(name)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	err = d.withShare(ctx, v.server, v.share, opts, func(root *os.Root) error {
+		if err := root.MkdirAll(v.subDir, 0o777); err != nil {
+			return shareError("create", v.subDir, err)
+		}
+		if p.mountPermissions > 0 {
+			if err := root.Chmod(v.subDir, fs.FileMode(p.mountPermissions)); err != nil {
+				return shareError("chmod", v.subDir, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	vc := map[string]string{paramServer: v.server, paramShare: v.share, paramSubDir: v.subDir}
+	if p.mountOptions != "" {
+		vc[paramMountOptions] = p.mountOptions
+	}
+	if p.mountPermissions > 0 {
+		vc[paramMountPermissions] = "0" + strconv.FormatUint(uint64(p.mountPermissions), 8)
+	}
+	// Capacity 0: a sub-directory has no size of its own; the provisioner
+	// then writes the claim's request into the PV, as with csi-driver-nfs.
+	return &csi.CreateVolumeResponse{Volume: &csi.Volume{VolumeId: v.id(), VolumeContext: vc}}, nil
+}
+
+// checkCapabilities accepts every access mode (a share is reachable from
+// every node) but only filesystem volumes.
+func checkCapabilities(caps []*csi.VolumeCapability) error {
+	if err := driver.CheckCapabilities(caps); err != nil {
+		return err
+	}
+	for _, c := range caps {
+		if c.GetBlock() != nil {
+			return status.Error(codes.InvalidArgument, "block volumes are not supported by the nfs driver: its volumes are directories")
+		}
+	}
+	return nil
+}
+
+func mountFlags(caps []*csi.VolumeCapability) []string {
+	for _, c := range caps {
+		if f := c.GetMount().GetMountFlags(); len(f) > 0 {
+			return f
+		}
+	}
+	return nil
+}
+
+// DeleteVolume removes, archives or keeps the sub-directory, as the handle
+// (or the driver's default) says. A handle this driver cannot have written
+// is an already deleted volume, as with csi-driver-nfs.
+func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
+	id := req.GetVolumeId()
+	v, err := parseHandle(id)
+	if status.Code(err) == codes.NotFound {
+		klog.InfoS("DeleteVolume of a handle that is not an NFS volume: nothing to delete", "volumeID", id, "reason", err)
+		return &csi.DeleteVolumeResponse{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	onDelete := v.onDelete
+	if onDelete == "" {
+		onDelete = d.onDelete
+	}
+	if onDelete == onDeleteRetain {
+		klog.V(2).InfoS("Volume is retained on the share", "volumeID", id)
+		return &csi.DeleteVolumeResponse{}, nil
+	}
+	unlock, err := d.locks.TryLock(id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	opts := driver.MountOptions(ctx)
+	if err := checkOptions(opts); err != nil {
+		return nil, err
+	}
+	err = d.withShare(ctx, v.server, v.share, opts, func(root *os.Root) error {
+		fi, err := root.Lstat(v.subDir)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil // deleted before, or never created
+		} else if err != nil {
+			return shareError("inspect", v.subDir, err)
+		}
+		if !fi.IsDir() {
+			return status.Errorf(codes.InvalidArgument, "%s on the share is not a directory (a symlink?): not a volume of this driver, left alone", v.subDir)
+		}
+		if onDelete == onDeleteArchive {
+			return archive(root, v.subDir)
+		}
+		if err := root.RemoveAll(v.subDir); err != nil {
+			return shareError("remove", v.subDir, err)
+		}
+		removeEmptyParents(root, v.subDir)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &csi.DeleteVolumeResponse{}, nil
+}
+
+// archive renames subDir to archived-<subDir>, as csi-driver-nfs does; an
+// earlier archive of the same name is kept and the new one gets a time
+// suffix, so no data is lost.
+func archive(root *os.Root, subDir string) error {
+	to := archivePrefix + subDir
+	if _, err := root.Lstat(to); err == nil {
+		to += "-" + time.Now().UTC().Format("20060102T150405Z")
+	}
+	if dir := path.Dir(to); dir != "." {
+		if err := root.MkdirAll(dir, 0o777); err != nil {
+			return shareError("create", dir, err)
+		}
+	}
+	if err := root.Rename(subDir, to); err != nil {
+		return shareError("archive", subDir, err)
+	}
+	klog.InfoS("Archived volume directory", "from", subDir, "to", to)
+	return nil
+}
+
+// removeEmptyParents removes the parents a nested subDir (ns/claim) created,
+// as long as they are empty; failing to is harmless.
+func removeEmptyParents(root *os.Root, subDir string) {
+	for dir := path.Dir(subDir); dir != "."; dir = path.Dir(dir) {
+		if root.Remove(dir) != nil {
+			return
+		}
+	}
+}
+
+// shareError reports a failed operation on the share; a path leading out of
+// the share through a symlink is the caller's error, not the driver's.
+func shareError(op, p string, err error) error {
+	if strings.Contains(err.Error(), "escapes") {
+		return status.Errorf(codes.InvalidArgument, "%s %s: it leads out of the share through a symlink", op, p)
+	}
+	return status.Errorf(codes.Internal, "%s %s on the share: %v", op, p, err)
+}
+
+func internal(format string, args ...any) error {
+	return status.Errorf(codes.Internal, format, args...)
+}
+
+// errorsJoin keeps the first error (the one the caller should see).
+func errorsJoin(first, second error) error {
+	if first != nil {
+		return first
+	}
+	return second
+}
+
+// ValidateVolumeCapabilities confirms filesystem capabilities of every access
+// mode for a volume whose directory exists on the share.
+func (d *Driver) ValidateVolumeCapabilities(ctx context.Context, req *csi.ValidateVolumeCapabilitiesRequest) (*csi.ValidateVolumeCapabilitiesResponse, error) {
+	v, err := parseHandle(req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	if err := driver.CheckCapabilities(req.GetVolumeCapabilities()); err != nil {
+		return nil, err
+	}
+	err = d.withShare(ctx, v.server, v.share, nil, func(root *os.Root) error {
+		fi, err := root.Stat(v.subDir)
+		if errors.Is(err, fs.ErrNotExist) {
+			return status.Errorf(codes.NotFound, "volume %s: %s does not exist on %s:%s", req.GetVolumeId(), v.subDir, v.server, v.share)
+		}
+		if err != nil {
+			return shareError("inspect", v.subDir, err)
+		}
+		if !fi.IsDir() {
+			return status.Errorf(codes.NotFound, "volume %s: %s on the share is not a directory", req.GetVolumeId(), v.subDir)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := checkCapabilities(req.GetVolumeCapabilities()); err != nil {
+		return &csi.ValidateVolumeCapabilitiesResponse{Message: status.Convert(err).Message()}, nil
+	}
+	return &csi.ValidateVolumeCapabilitiesResponse{Confirmed: &csi.ValidateVolumeCapabilitiesResponse_Confirmed{
+		VolumeContext:      req.GetVolumeContext(),
+		VolumeCapabilities: req.GetVolumeCapabilities(),
+		Parameters:         req.GetParameters(),
+	}}, nil
+}
+
+// ControllerExpandVolume accepts any size: a sub-directory has no size of
+// its own (csi-driver-nfs does the same), and no node step is needed.
+func (d *Driver) ControllerExpandVolume(_ context.Context, req *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
+	if _, err := parseHandle(req.GetVolumeId()); err != nil {
+		return nil, err
+	}
+	if req.GetCapacityRange() == nil {
+		return nil, status.Error(codes.InvalidArgument, "capacity range is required")
+	}
+	return &csi.ControllerExpandVolumeResponse{CapacityBytes: req.GetCapacityRange().GetRequiredBytes()}, nil
+}
+
+// ControllerGetCapabilities lists the controller RPCs the driver implements.
+func (d *Driver) ControllerGetCapabilities(context.Context, *csi.ControllerGetCapabilitiesRequest) (*csi.ControllerGetCapabilitiesResponse, error) {
+	var caps []*csi.ControllerServiceCapability
+	for _, c := range []csi.ControllerServiceCapability_RPC_Type{
+		csi.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME,
+		csi.ControllerServiceCapability_RPC_EXPAND_VOLUME,
+	} {
+		caps = append(caps, &csi.ControllerServiceCapability{Type: &csi.ControllerServiceCapability_Rpc{
+			Rpc: &csi.ControllerServiceCapability_RPC{Type: c}}})
+	}
+	return &csi.ControllerGetCapabilitiesResponse{Capabilities: caps}, nil
+}

@@ -1,0 +1,110 @@
+package nfs
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os/exec"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+	mount "k8s.io/mount-utils"
+)
+
+// runner runs mount and umount under a deadline. An NFS server that is gone
+// blocks them for minutes (mount.nfs retries, a hard mount waits forever);
+// killing the command at the deadline brings the CSI call back with a clear
+// error instead of leaving a goroutine stuck in it.
+type runner struct {
+	timeout        time.Duration // for a mount
+	unmountTimeout time.Duration // for each unmount step
+}
+
+// maxOutput bounds what a command may print into an error message.
+const maxOutput = 4096
+
+func run(ctx context.Context, timeout time.Duration, name string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.WaitDelay = 5 * time.Second // a child that keeps the pipe open must not hold us
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	msg := strings.TrimSpace(out.String())
+	if len(msg) > maxOutput {
+		msg = msg[:maxOutput] + "..."
+	}
+	if ctx.Err() != nil {
+		return msg, context.DeadlineExceeded
+	}
+	if err != nil {
+		return msg, errors.New(msg + " (" + err.Error() + ")")
+	}
+	return msg, nil
+}
+
+// mountNFS mounts server:path at target with the given options; the
+// arguments are built by mount-utils, as every mount of the project's.
+func (r runner) mountNFS(ctx context.Context, source, target string, opts []string) error {
+	args := mount.MakeMountArgs(source, target, "nfs", opts)
+	_, err := run(ctx, r.timeout, "mount", args...)
+	if errors.Is(err, context.DeadlineExceeded) {
+		return status.Errorf(codes.DeadlineExceeded, "mount %s: no answer within %s; is the NFS server reachable?", source, r.timeout)
+	}
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "mount %s at %s: %v", source, target, err)
+	}
+	return nil
+}
+
+// mounted reports whether target is a mount point, from the mount table
+// only: stat on a mount whose server is gone would hang.
+func mounted(target string) (bool, error) {
+	mis, err := mount.ParseMountInfo("/proc/self/mountinfo")
+	if err != nil {
+		return false, err
+	}
+	for _, mi := range mis {
+		if mi.MountPoint == target {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// unmount takes target off the mount table however the server behaves:
+// plain umount, then forced (aborts the RPCs of a dead server), then lazy
+// (detaches the mount even if a request is stuck). It says in the log which
+// step it took, so an operator knows a server was unreachable.
+func (r runner) unmount(ctx context.Context, target string) error {
+	for _, step := range []struct {
+		args []string
+		why  string
+	}{
+		{[]string{target}, ""},
+		{[]string{"-f", target}, "forced"},
+		{[]string{"-l", target}, "lazy: the server did not answer"},
+	} {
+		if m, err := mounted(target); err != nil {
+			return status.Errorf(codes.Internal, "read the mount table: %v", err)
+		} else if !m {
+			return nil
+		}
+		out, err := run(ctx, r.unmountTimeout, "umount", step.args...)
+		if err == nil {
+			if step.why != "" {
+				klog.InfoS("Unmounted NFS volume the hard way", "target", target, "how", step.why)
+			}
+			return nil
+		}
+		klog.InfoS("Unmount failed; trying harder", "target", target, "step", strings.Join(step.args, " "), "error", err, "output", out)
+	}
+	if m, _ := mounted(target); m {
+		return status.Errorf(codes.Internal, "%s is still mounted after umount, umount -f and umount -l", target)
+	}
+	return nil
+}

@@ -1,0 +1,143 @@
+// Package nfs is the NFS driver: a volume is a sub-directory of an existing
+// NFS share, created and removed by the controller through a short-lived
+// mount of the share, and mounted by the node straight from the server.
+// It does what kubernetes-csi/csi-driver-nfs does, with its parameters and
+// volume handles, so its volumes keep working under monocsi.
+package nfs
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"k8s.io/klog/v2"
+
+	"github.com/monocsi/monocsi/driver"
+)
+
+// DefaultName is the CSI driver name of the NFS driver. Set it to
+// csi-driver-nfs's "nfs.csi.k8s.io" to take over that driver's volumes.
+const DefaultName = "nfs.csi.monocsi.io"
+
+// DefaultWorkDir holds the controller's short-lived mounts of shares.
+const DefaultWorkDir = "/tmp/monocsi-nfs"
+
+// Config configures an NFS driver.
+type Config struct {
+	Name    string // CSI driver name; DefaultName when empty
+	NodeID  string
+	Version string // reported as vendor_version
+	// WorkDir holds the controller's working mounts; DefaultWorkDir when empty.
+	WorkDir string
+	// OnDelete is what DeleteVolume does when the volume does not say:
+	// delete (the default), retain or archive.
+	OnDelete string
+	// MountTimeout bounds every mount (30 s when zero); each unmount step
+	// (plain, forced, lazy) gets a third of it.
+	MountTimeout time.Duration
+}
+
+// Driver serves NFS sub-directory volumes.
+type Driver struct {
+	csi.UnimplementedIdentityServer
+	csi.UnimplementedControllerServer
+	csi.UnimplementedNodeServer
+
+	name, nodeID, version, workDir, onDelete string
+	run                                      runner
+	locks                                    driver.Locks
+}
+
+var _ driver.Driver = (*Driver)(nil)
+
+// New checks the configuration and clears working mounts a previous process
+// left behind when it was killed mid-call.
+func New(c Config) (*Driver, error) {
+	if c.Name == "" {
+		c.Name = DefaultName
+	}
+	if c.WorkDir == "" {
+		c.WorkDir = DefaultWorkDir
+	}
+	if c.OnDelete == "" {
+		c.OnDelete = onDeleteDelete
+	}
+	if c.MountTimeout == 0 {
+		c.MountTimeout = 30 * time.Second
+	}
+	if c.NodeID == "" {
+		return nil, fmt.Errorf("nfs driver: a node ID is required (--node-id)")
+	}
+	switch c.OnDelete {
+	case onDeleteDelete, onDeleteRetain, onDeleteArchive:
+	default:
+		return nil, fmt.Errorf("nfs driver: default onDelete %q must be delete, retain or archive", c.OnDelete)
+	}
+	if !filepath.IsAbs(c.WorkDir) {
+		return nil, fmt.Errorf("nfs driver: work directory %q must be an absolute path", c.WorkDir)
+	}
+	d := &Driver{
+		name: c.Name, nodeID: c.NodeID, version: c.Version, workDir: filepath.Clean(c.WorkDir), onDelete: c.OnDelete,
+		run: runner{timeout: c.MountTimeout, unmountTimeout: c.MountTimeout / 3},
+	}
+	if err := os.MkdirAll(d.workDir, 0o700); err != nil {
+		return nil, fmt.Errorf("nfs driver: create work directory: %w", err)
+	}
+	if err := d.clearWorkDir(); err != nil {
+		return nil, fmt.Errorf("nfs driver: %w", err)
+	}
+	return d, nil
+}
+
+// clearWorkDir unmounts and removes every working mount point left in the
+// work directory.
+func (d *Driver) clearWorkDir() error {
+	entries, err := os.ReadDir(d.workDir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		p := filepath.Join(d.workDir, e.Name())
+		if err := d.run.unmount(context.Background(), p); err != nil {
+			return fmt.Errorf("clear leftover working mount %s: %w", p, err)
+		}
+		if err := os.Remove(p); err != nil {
+			return fmt.Errorf("clear leftover working mount %s: %w", p, err)
+		}
+		klog.InfoS("Removed a working mount left by an earlier process", "path", p)
+	}
+	return nil
+}
+
+// withShare mounts server:share in a fresh working directory, runs fn with
+// the share's root opened as an os.Root (every path fn uses stays inside the
+// share, whatever symlinks the share holds), and always unmounts and removes
+// the working directory.
+func (d *Driver) withShare(ctx context.Context, server, share string, opts []string, fn func(*os.Root) error) (err error) {
+	dir, err := os.MkdirTemp(d.workDir, "share-")
+	if err != nil {
+		return internal("create working mount point: %v", err)
+	}
+	defer func() {
+		if uerr := d.run.unmount(context.Background(), dir); uerr != nil {
+			klog.ErrorS(uerr, "Working mount left behind; it is cleared at the next start", "path", dir)
+			err = errorsJoin(err, uerr)
+			return
+		}
+		if rerr := os.Remove(dir); rerr != nil && err == nil {
+			err = internal("remove working mount point %s: %v", dir, rerr)
+		}
+	}()
+	if err := d.run.mountNFS(ctx, mountHost(server)+":"+share, dir, opts); err != nil {
+		return err
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return internal("open the share's root: %v", err)
+	}
+	defer root.Close()
+	return fn(root)
+}

@@ -1,0 +1,416 @@
+package sanity
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/kubernetes-csi/csi-test/v5/pkg/sanity"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/monocsi/monocsi/internal/testbin"
+	"github.com/monocsi/monocsi/test/nfsemu"
+)
+
+// nfsTarget is the NFS server the NFS tests use: a real one when
+// $MONOCSI_NFS_SERVER is set (make e2e-nfs, inside a VM whose kernel serves
+// NFS on loopback), the test tree's emulation otherwise.
+type nfsTarget struct {
+	server, share, mountOptions string
+	export string   // the share's directory as this test sees it
+	env    []string // added to monocsi's environment
+	real   bool
+}
+
+func nfsSetup(t *testing.T) nfsTarget {
+	requireRoot(t)
+	if server := os.Getenv("MONOCSI_NFS_SERVER"); server != "" {
+		// The server runs on this machine: its export is a local directory.
+		share := os.Getenv("MONOCSI_NFS_SHARE")
+		return nfsTarget{server: server, share: share, export: share, mountOptions: os.Getenv("MONOCSI_NFS_MOUNT_OPTIONS"), real: true}
+	}
+	emu := nfsemu.Start(t)
+	return nfsTarget{server: "127.0.0.1", share: "/exports/data", export: emu.Export("127.0.0.1", "/exports/data"), env: emu.Env}
+}
+
+// params are the StorageClass parameters of a volume on the target.
+func (n nfsTarget) params(extra ...string) map[string]string {
+	p := map[string]string{"server": n.server, "share": n.share}
+	if n.mountOptions != "" {
+		p["mountOptions"] = n.mountOptions
+	}
+	for i := 0; i+1 < len(extra); i += 2 {
+		p[extra[i]] = extra[i+1]
+	}
+	return p
+}
+
+// serveNFS starts `monocsi serve --driver=nfs` and returns a connection and
+// the driver's work directory.
+func serveNFS(t *testing.T, n nfsTarget, args ...string) (*grpc.ClientConn, string) {
+	dir := t.TempDir()
+	sock, work := filepath.Join(dir, "csi.sock"), filepath.Join(dir, "work")
+	testbin.StartEnv(t, n.env, append([]string{"serve", "--driver=nfs", "--endpoint=unix://" + sock,
+		"--node-id=sanity-node", "--nfs-workdir=" + work, "--v=2"}, args...)...)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	testbin.WaitForSocket(ctx, t, sock)
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn, work
+}
+
+func TestSanityNFS(t *testing.T) {
+	n := nfsSetup(t)
+	conn, work := serveNFS(t, n)
+	conn.Close()
+	dir := t.TempDir()
+	cfg := sanity.NewTestConfig()
+	cfg.Address = "unix://" + filepath.Join(filepath.Dir(work), "csi.sock")
+	cfg.TargetPath = filepath.Join(dir, "mount")
+	cfg.StagingPath = filepath.Join(dir, "stage")
+	cfg.TestVolumeParameters = n.params()
+	cfg.IdempotentCount = 10
+	sanity.Test(t, cfg)
+
+	assertNoMountsUnder(t, dir, work)
+	if left := entries(t, n.export); len(left) > 0 {
+		t.Errorf("sanity's volumes are gone, yet the share still holds %v", left)
+	}
+}
+
+func entries(t *testing.T, dir string) []string {
+	t.Helper()
+	es, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range es {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+var fsCap = &csi.VolumeCapability{
+	AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},
+	AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER},
+}
+
+// TestNFSVolumeLifecycle follows a volume as a user's claim would: a
+// templated sub-directory appears on the share, a pod's writes land in it,
+// a read-only mount refuses writes, and deletion removes, keeps or archives it.
+func TestNFSVolumeLifecycle(t *testing.T) {
+	n := nfsSetup(t)
+	conn, work := serveNFS(t, n)
+	ctl, node := csi.NewControllerClient(conn), csi.NewNodeClient(conn)
+	ctx := context.Background()
+	targets := t.TempDir()
+
+	for _, tc := range []struct {
+		onDelete string
+		gone     bool   // the directory is removed
+		archived string // where the data must be afterwards, if kept
+	}{
+		{onDelete: "delete", gone: true},
+		{onDelete: "retain", archived: "team-a/claim-retain"},
+		{onDelete: "archive", gone: true, archived: "archived-team-a/claim-archive"},
+	} {
+		t.Run(tc.onDelete, func(t *testing.T) {
+			name := "pvc-" + tc.onDelete
+			claim := "claim-" + tc.onDelete
+			params := n.params("subDir", "${pvc.metadata.namespace}/${pvc.metadata.name}", "onDelete", tc.onDelete,
+				"mountPermissions", "0777",
+				"csi.storage.k8s.io/pvc/name", claim, "csi.storage.k8s.io/pvc/namespace", "team-a", "csi.storage.k8s.io/pv/name", name)
+			resp, err := ctl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: name, Parameters: params, VolumeCapabilities: []*csi.VolumeCapability{fsCap}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			vol := resp.GetVolume()
+			want := n.server + "#" + strings.Trim(n.share, "/") + "#team-a/" + claim + "#" + name
+			if tc.onDelete != "delete" {
+				want += "#" + tc.onDelete
+			}
+			if vol.GetVolumeId() != want {
+				t.Errorf("volume handle %q, want csi-driver-nfs's %q", vol.GetVolumeId(), want)
+			}
+			dir := filepath.Join(n.export, "team-a", claim)
+			if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != 0o777 {
+				t.Fatalf("the claim's directory on the share: %v, %v (want mode 0777)", fi, err)
+			}
+
+			target := filepath.Join(targets, tc.onDelete)
+			pub := &csi.NodePublishVolumeRequest{VolumeId: vol.GetVolumeId(), TargetPath: target, VolumeCapability: fsCap, VolumeContext: vol.GetVolumeContext()}
+			for range 2 { // idempotent
+				if _, err := node.NodePublishVolume(ctx, pub); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := os.WriteFile(filepath.Join(target, "data"), []byte("kept"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if b, err := os.ReadFile(filepath.Join(dir, "data")); err != nil || string(b) != "kept" {
+				t.Fatalf("file written in the pod is not on the server: %q, %v", b, err)
+			}
+			ro := filepath.Join(targets, tc.onDelete+"-ro")
+			if _, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: vol.GetVolumeId(), TargetPath: ro,
+				VolumeCapability: fsCap, VolumeContext: vol.GetVolumeContext(), Readonly: true}); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(ro, "x"), nil, 0o644); !errors.Is(err, syscall.EROFS) {
+				t.Errorf("write on a read-only publish: %v, want EROFS", err)
+			}
+			for _, tp := range []string{target, ro, target} { // the last one repeats
+				if _, err := node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: vol.GetVolumeId(), TargetPath: tp}); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := os.Lstat(tp); !os.IsNotExist(err) {
+					t.Errorf("target %s still exists after unpublish: %v", tp, err)
+				}
+			}
+			for range 2 {
+				if _, err := ctl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: vol.GetVolumeId()}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, err := os.Stat(dir); tc.gone != os.IsNotExist(err) {
+				t.Errorf("after delete with onDelete=%s: stat %s: %v", tc.onDelete, dir, err)
+			}
+			if tc.archived != "" {
+				if b, err := os.ReadFile(filepath.Join(n.export, tc.archived, "data")); err != nil || string(b) != "kept" {
+					t.Errorf("onDelete=%s: data not kept at %s: %q, %v", tc.onDelete, tc.archived, b, err)
+				}
+			}
+		})
+	}
+	if _, err := os.Stat(filepath.Join(n.export, "team-a")); err != nil {
+		t.Errorf("the retained volume's parent should remain: %v", err)
+	}
+	assertNoMountsUnder(t, targets, work)
+}
+
+// TestNFSExistingVolumes mounts volumes this driver did not create: a PV in
+// csi-driver-nfs's handle format, one written by hand with only server and
+// share attributes, and an inline (ephemeral) volume.
+func TestNFSExistingVolumes(t *testing.T) {
+	n := nfsSetup(t)
+	conn, work := serveNFS(t, n)
+	node := csi.NewNodeClient(conn)
+	ctx := context.Background()
+	if err := os.MkdirAll(filepath.Join(n.export, "static-dir"), 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(n.export, "static-dir", "hello"), []byte("from the server"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(filepath.Join(n.export, "static-dir"))
+	opts := map[string]string{}
+	if n.mountOptions != "" {
+		opts["mountOptions"] = n.mountOptions
+	}
+	with := func(m map[string]string) map[string]string {
+		for k, v := range opts {
+			m[k] = v
+		}
+		return m
+	}
+	targets := t.TempDir()
+	for _, tc := range []struct {
+		name, id string
+		attrs    map[string]string
+		file     string // expected inside the mount
+	}{
+		{"csi-driver-nfs handle, no attributes", n.server + "#" + strings.Trim(n.share, "/") + "#static-dir#", with(map[string]string{}), "hello"},
+		{"csi-driver-nfs PV", n.server + "#" + strings.Trim(n.share, "/") + "#static-dir#",
+			with(map[string]string{"server": n.server, "share": n.share, "subdir": "static-dir"}), "hello"},
+		{"seed-style static PV", "my-static-volume", with(map[string]string{"server": n.server, "share": n.share}), "static-dir/hello"},
+		{"inline volume", "csi-0123456789abcdef", with(map[string]string{"server": n.server, "share": n.share, "subDir": "static-dir",
+			"csi.storage.k8s.io/ephemeral": "true", "csi.storage.k8s.io/pod.name": "p"}), "hello"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			target := filepath.Join(targets, "t")
+			if _, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: tc.id, TargetPath: target, VolumeCapability: fsCap, VolumeContext: tc.attrs}); err != nil {
+				t.Fatal(err)
+			}
+			if b, err := os.ReadFile(filepath.Join(target, tc.file)); err != nil || string(b) != "from the server" {
+				t.Errorf("read %s through the mount: %q, %v", tc.file, b, err)
+			}
+			st, err := node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: tc.id, VolumePath: target})
+			if err != nil || len(st.GetUsage()) != 2 || st.GetUsage()[0].GetTotal() <= 0 {
+				t.Errorf("NodeGetVolumeStats: %v, %v", st, err)
+			}
+			if _, err := node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: tc.id, TargetPath: target}); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	assertNoMountsUnder(t, targets, work)
+}
+
+// TestNFSHostileInputs: parameters and attributes that try to leave the
+// share or smuggle mount options are INVALID_ARGUMENT and create nothing.
+func TestNFSHostileInputs(t *testing.T) {
+	n := nfsSetup(t)
+	conn, work := serveNFS(t, n)
+	ctl, node := csi.NewControllerClient(conn), csi.NewNodeClient(conn)
+	ctx := context.Background()
+	outside := t.TempDir() // a symlink on the share points here
+	if err := os.Symlink(outside, filepath.Join(n.export, "to-outside")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/", filepath.Join(n.export, "to-root")); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(filepath.Join(n.export, "to-outside")); os.Remove(filepath.Join(n.export, "to-root")) })
+	before := listTree(t, n.export)
+	pwned := "/tmp/monocsi-pwned-" + strings.ReplaceAll(t.Name(), "/", "_")
+
+	hostile := map[string]map[string]string{
+		"subDir ../../etc":        n.params("subDir", "../../etc"),
+		"subDir a/../../x":        n.params("subDir", "a/../../x"),
+		"subDir /abs":             n.params("subDir", "/abs"),
+		"subDir via symlink out":  n.params("subDir", "to-outside/x"),
+		"subDir via symlink to /": n.params("subDir", "to-root"+pwned),
+		"server with spaces":      n.params("server", "evil host"),
+		"server -o":               n.params("server", "-o"),
+		"server option injection": n.params("server", "-oremount,rw"),
+		"share ../":               n.params("share", n.share+"/../.."),
+		"share relative":          n.params("share", "etc"),
+		"mountOptions newline":    n.params("mountOptions", "vers=4\nro"),
+		"mountPermissions bad":    n.params("mountPermissions", "rwx"),
+		"onDelete bad":            n.params("onDelete", "shred"),
+		"unknown parameter":       n.params("colour", "blue"),
+		"subDir with #":           n.params("subDir", "a#b"),
+	}
+	for what, params := range hostile {
+		_, err := ctl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "pvc-hostile", Parameters: params, VolumeCapabilities: []*csi.VolumeCapability{fsCap}})
+		if status.Code(err) != codes.InvalidArgument || status.Convert(err).Message() == "" {
+			t.Errorf("CreateVolume with %s: %v, want InvalidArgument with a message", what, err)
+		}
+	}
+	// A mount flag with a newline (a StorageClass mountOptions entry).
+	bad := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{MountFlags: []string{"vers=3\nro"}}},
+		AccessMode: fsCap.AccessMode}
+	if _, err := ctl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "pvc-hostile", Parameters: n.params(), VolumeCapabilities: []*csi.VolumeCapability{bad}}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("CreateVolume with a newline in a mount flag: %v, want InvalidArgument", err)
+	}
+	target := filepath.Join(t.TempDir(), "target")
+	for what, attrs := range map[string]map[string]string{
+		"subDir ../..":  {"server": n.server, "share": n.share, "subDir": "../.."},
+		"server -o":     {"server": "-o", "share": n.share},
+		"mount options": {"server": n.server, "share": n.share, "mountOptions": "ro\nrw"},
+	} {
+		_, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: "v", TargetPath: target, VolumeCapability: fsCap, VolumeContext: attrs})
+		if status.Code(err) != codes.InvalidArgument {
+			t.Errorf("NodePublishVolume with %s: %v, want InvalidArgument", what, err)
+		}
+	}
+	// Handles that point out of the share name no volume of ours: deleting
+	// them succeeds and removes nothing.
+	for _, id := range []string{n.server + "#" + n.share + "#../../etc#", n.server + "#" + n.share + "#to-outside#", n.server + "#..#x#"} {
+		if _, err := ctl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id}); err != nil && status.Code(err) != codes.InvalidArgument {
+			t.Errorf("DeleteVolume(%q): %v", id, err)
+		}
+	}
+	if after := listTree(t, n.export); strings.Join(before, "\n") != strings.Join(after, "\n") {
+		t.Errorf("hostile calls changed the share:\nbefore %v\nafter  %v", before, after)
+	}
+	if left := entries(t, outside); len(left) > 0 {
+		t.Errorf("a call created %v outside the share", left)
+	}
+	if _, err := os.Lstat(pwned); !os.IsNotExist(err) {
+		t.Errorf("%s was created through a symlink on the share", pwned)
+		os.RemoveAll(pwned)
+	}
+	if _, err := os.Lstat(target); !os.IsNotExist(err) {
+		t.Errorf("target %s was created by a rejected call", target)
+	}
+	assertNoMountsUnder(t, work)
+	if left := entries(t, work); len(left) > 0 {
+		t.Errorf("working mount points left: %v", left)
+	}
+}
+
+// TestNFSUnreachableServer: a server that does not answer fails the call
+// within the mount timeout, with DEADLINE_EXCEEDED, and leaves no working
+// mount point.
+func TestNFSUnreachableServer(t *testing.T) {
+	n := nfsSetup(t)
+	if n.real {
+		n.server = "192.0.2.1" // TEST-NET-1: never routed
+	} else {
+		n.server = "unreachable.test" // no directory in the emulation: it never answers
+	}
+	conn, work := serveNFS(t, n, "--nfs-mount-timeout=3s")
+	ctl := csi.NewControllerClient(conn)
+	start := time.Now()
+	_, err := ctl.CreateVolume(context.Background(), &csi.CreateVolumeRequest{Name: "pvc-x", Parameters: n.params(), VolumeCapabilities: []*csi.VolumeCapability{fsCap}})
+	took := time.Since(start)
+	if c := status.Code(err); c != codes.DeadlineExceeded && c != codes.Unavailable {
+		t.Errorf("CreateVolume on an unreachable server: %v, want DeadlineExceeded or Unavailable", err)
+	}
+	if took > 15*time.Second {
+		t.Errorf("CreateVolume on an unreachable server took %s, the mount timeout is 3s", took)
+	}
+	t.Logf("unreachable server: %v after %s", err, took.Round(time.Millisecond))
+	if left := entries(t, work); len(left) > 0 {
+		t.Errorf("working mount points left: %v", left)
+	}
+}
+
+// TestNFSDeadServer needs a real server it can stop: a volume is mounted,
+// the server stops, and unpublish must still come back in bounded time with
+// the mount gone.
+func TestNFSDeadServer(t *testing.T) {
+	stop, start := os.Getenv("MONOCSI_NFS_SERVER_STOP"), os.Getenv("MONOCSI_NFS_SERVER_START")
+	if stop == "" || start == "" {
+		t.Skip("needs a real NFS server that the test can stop (make e2e-nfs sets MONOCSI_NFS_SERVER_STOP/START)")
+	}
+	n := nfsSetup(t)
+	conn, work := serveNFS(t, n, "--nfs-mount-timeout=6s")
+	node := csi.NewNodeClient(conn)
+	ctx := context.Background()
+	target := filepath.Join(t.TempDir(), "t")
+	attrs := map[string]string{"server": n.server, "share": n.share, "mountOptions": n.mountOptions + ",timeo=10,retrans=1"}
+	if n.mountOptions == "" {
+		attrs["mountOptions"] = "timeo=10,retrans=1"
+	}
+	if _, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: "dead", TargetPath: target, VolumeCapability: fsCap, VolumeContext: attrs}); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(stop).CombinedOutput(); err != nil {
+		t.Fatalf("stop the NFS server: %v: %s", err, out)
+	}
+	defer func() {
+		if out, err := exec.Command(start).CombinedOutput(); err != nil {
+			t.Errorf("restart the NFS server: %v: %s", err, out)
+		}
+	}()
+	// A process touching the mount now hangs: like a pod's reader.
+	go os.ReadDir(target)
+	time.Sleep(time.Second)
+	began := time.Now()
+	_, err := node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "dead", TargetPath: target})
+	took := time.Since(began)
+	t.Logf("unpublish with the server stopped: %v after %s", err, took.Round(time.Millisecond))
+	if err != nil {
+		t.Errorf("NodeUnpublishVolume with the server gone: %v", err)
+	}
+	if took > 30*time.Second {
+		t.Errorf("NodeUnpublishVolume took %s with the server gone", took)
+	}
+	assertNoMountsUnder(t, filepath.Dir(target), work)
+}
