@@ -27,9 +27,9 @@ import (
 // NFS on loopback), the test tree's emulation otherwise.
 type nfsTarget struct {
 	server, share, mountOptions string
-	export string   // the share's directory as this test sees it
-	env    []string // added to monocsi's environment
-	real   bool
+	export                      string   // the share's directory as this test sees it
+	env                         []string // added to monocsi's environment
+	real                        bool
 }
 
 func nfsSetup(t *testing.T) nfsTarget {
@@ -274,7 +274,10 @@ func TestNFSHostileInputs(t *testing.T) {
 	if err := os.Symlink("/", filepath.Join(n.export, "to-root")); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.Remove(filepath.Join(n.export, "to-outside")); os.Remove(filepath.Join(n.export, "to-root")) })
+	t.Cleanup(func() {
+		os.Remove(filepath.Join(n.export, "to-outside"))
+		os.Remove(filepath.Join(n.export, "to-root"))
+	})
 	before := listTree(t, n.export)
 	pwned := "/tmp/monocsi-pwned-" + strings.ReplaceAll(t.Name(), "/", "_")
 
