@@ -285,6 +285,9 @@ func (p *Provisioner) Delete(ctx context.Context, pv *corev1.PersistentVolume) e
 	}
 	cctx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
 	defer cancel()
+	// In-process, the driver can have the PV's mountOptions (nfs mounts the
+	// share to delete); a sidecar could only pass secrets.
+	cctx = driver.WithMountOptions(cctx, pv.Spec.MountOptions)
 	start := time.Now()
 	_, err = p.opts.Driver.DeleteVolume(cctx, &csi.DeleteVolumeRequest{VolumeId: pv.Spec.CSI.VolumeHandle, Secrets: secrets})
 	observe(p.name, "DeleteVolume", start, err)

@@ -33,7 +33,12 @@ var ErrLost = errors.New("leader election lost")
 // Run calls work with a context that ends when ctx ends or leadership is
 // lost, once this process has become the leader.
 func Run(ctx context.Context, client kubernetes.Interface, c Config, work func(context.Context)) error {
-	host, _ := os.Hostname()
+	// The pod's name when the manifests pass it (a pod on the host network
+	// has the node's host name), so the Lease says which replica leads.
+	host := os.Getenv("POD_NAME")
+	if host == "" {
+		host, _ = os.Hostname()
+	}
 	id := host + "_" + string(uuid.NewUUID())
 	lock, err := resourcelock.New(resourcelock.LeasesResourceLock, c.Namespace, c.Name,
 		client.CoreV1(), client.CoordinationV1(), resourcelock.ResourceLockConfig{Identity: id})

@@ -19,6 +19,10 @@ const MonocsiImage = "localhost/monocsi:dev"
 // tarballs under the cache directory. It returns the tarballs' paths.
 func BuildImages(log io.Writer) ([]string, error) {
 	start := time.Now()
+	// The busybox image is the host's busybox-static: install it first.
+	if err := EnsurePackages(log); err != nil {
+		return nil, err
+	}
 	fmt.Fprintln(log, "==> building images (pause, busybox, monocsi)")
 	dir := filepath.Join(CacheDir(), "images")
 	if err := os.MkdirAll(dir, 0o755); err != nil {

@@ -12,23 +12,52 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	mount "k8s.io/mount-utils"
+
+	"github.com/monocsi/monocsi/test/nfsemu"
 )
 
 // LocalRoot is where the installed local driver keeps its volumes on the host.
 func (c *Cluster) LocalRoot() string { return filepath.Join(c.Dir, "local") }
 
+// NFSRoot is the NFS emulation's servers' disks on the host: the share
+// server:/path of the installed nfs driver is <NFSRoot>/<server>/<path>.
+func (c *Cluster) NFSRoot() string { return filepath.Join(c.Dir, "nfs-servers") }
+
 // InstallMonocsi installs monocsi the way a user does — `kubectl apply -k`
 // of manifests/ — through an overlay that only sets what differs here: the
-// kubelet directory and the local root. It waits for the node pod to be ready.
+// kubelet directory, the local root, the API address, and the NFS
+// emulation (this kernel has no NFS; see test/nfsemu) in the pods that
+// mount shares. It waits for the node and controller pods to be ready.
 func (c *Cluster) InstallMonocsi(ctx context.Context) error {
 	overlay := filepath.Join(c.Dir, "overlay")
 	if err := os.MkdirAll(overlay, 0o755); err != nil {
 		return err
 	}
+	emuBin := filepath.Join(c.Dir, "nfsemu-bin")
+	if err := nfsemu.Build(emuBin); err != nil {
+		return err
+	}
+	if m, _ := mount.New("").IsMountPoint(c.NFSRoot()); !m {
+		if err := nfsemu.MountRoot(c.NFSRoot()); err != nil {
+			return err
+		}
+	}
 	base, err := filepath.Rel(overlay, filepath.Join(RepoRoot(), "manifests"))
 	if err != nil {
 		return err
 	}
+	// Both pods: the emulating mount first on PATH, the servers' disks at
+	// the same path as on the host, and the API server on the host's loopback
+	// (there is no kube-proxy here).
+	emulation := fmt.Sprintf(`    - {op: add, path: /spec/template/spec/containers/0/env/-, value: {name: PATH, value: "%[2]s:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}}
+    - {op: add, path: /spec/template/spec/containers/0/env/-, value: {name: NFS_EMULATION_ROOT, value: "%[3]s"}}
+    - {op: add, path: /spec/template/spec/containers/0/env/-, value: {name: KUBERNETES_SERVICE_HOST, value: "127.0.0.1"}}
+    - {op: add, path: /spec/template/spec/containers/0/env/-, value: {name: KUBERNETES_SERVICE_PORT, value: "%[4]d"}}
+    - {op: add, path: /spec/template/spec/volumes/-, value: {name: nfsemu-bin, hostPath: {path: "%[2]s", type: Directory}}}
+    - {op: add, path: /spec/template/spec/volumes/-, value: {name: nfs-servers, hostPath: {path: "%[3]s", type: Directory}}}
+    - {op: add, path: /spec/template/spec/containers/0/volumeMounts/-, value: {name: nfsemu-bin, mountPath: "%[2]s", readOnly: true}}
+    - {op: add, path: /spec/template/spec/containers/0/volumeMounts/-, value: {name: nfs-servers, mountPath: "%[3]s"}}
+`, "", emuBin, c.NFSRoot(), c.APIPort)
 	k := fmt.Sprintf(`apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 resources:
@@ -40,22 +69,34 @@ patches:
     - {op: replace, path: /spec/template/spec/containers/0/volumeMounts/0/mountPath, value: %[2]s}
     - {op: replace, path: /spec/template/spec/volumes/0/hostPath/path, value: %[2]s}
     - {op: replace, path: /spec/template/spec/volumes/1/hostPath/path, value: %[3]s}
-    # No kube-proxy here: reach the apiserver directly on the host's loopback.
-    - {op: add, path: /spec/template/spec/containers/0/env/-, value: {name: KUBERNETES_SERVICE_HOST, value: "127.0.0.1"}}
-    - {op: add, path: /spec/template/spec/containers/0/env/-, value: {name: KUBERNETES_SERVICE_PORT, value: "%[4]d"}}
-`, base, c.KubeletDir, c.LocalRoot(), c.APIPort)
+%[4]s- target: {kind: Deployment, name: monocsi-controller}
+  patch: |-
+    # Only loopback networking here; two replicas on one host would also
+    # share the health port, so the test pods go without it.
+    - {op: add, path: /spec/template/spec/hostNetwork, value: true}
+    - {op: replace, path: /spec/template/spec/containers/0/args/2, value: "--http-endpoint="}
+    - {op: remove, path: /spec/template/spec/containers/0/livenessProbe}
+%[5]s`, base, c.KubeletDir, c.LocalRoot(), emulation, emulation)
 	if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(k), 0o644); err != nil {
 		return err
 	}
 	if _, err := c.Kubectl(ctx, "apply", "-k", overlay); err != nil {
 		return err
 	}
-	return c.WaitNodePodReady(ctx, 2*time.Minute)
+	if err := c.WaitNodePodReady(ctx, 2*time.Minute); err != nil {
+		return err
+	}
+	return c.WaitRollout(ctx, "deployment/monocsi-controller", 2*time.Minute)
 }
 
 // WaitNodePodReady waits until the monocsi node DaemonSet is fully rolled out.
 func (c *Cluster) WaitNodePodReady(ctx context.Context, limit time.Duration) error {
-	_, err := c.Kubectl(ctx, "-n", "monocsi", "rollout", "status", "daemonset/monocsi-node", "--timeout="+limit.String())
+	return c.WaitRollout(ctx, "daemonset/monocsi-node", limit)
+}
+
+// WaitRollout waits until a monocsi workload is fully rolled out.
+func (c *Cluster) WaitRollout(ctx context.Context, workload string, limit time.Duration) error {
+	_, err := c.Kubectl(ctx, "-n", "monocsi", "rollout", "status", workload, "--timeout="+limit.String())
 	if err != nil {
 		pods, _ := c.Kubectl(ctx, "-n", "monocsi", "get", "pods", "-o", "wide")
 		events, _ := c.Kubectl(ctx, "-n", "monocsi", "get", "events", "--sort-by=.lastTimestamp")
