@@ -34,10 +34,19 @@ import (
 
 const (
 	ns       = "default"
-	class    = "bench-local"
-	driver   = "local.csi.monocsi.io"
 	parallel = 50
+	// The nfs driver's share, served by the test cluster's NFS emulation.
+	nfsServer, nfsShare = "127.0.0.1", "/exports/bench"
 )
+
+// target is one driver under measurement.
+type target struct {
+	driver, class string
+	mode          storagev1.VolumeBindingMode
+	params        map[string]string
+	root          string // where its volume directories (pvc-*) appear on the host
+	what          string // how it provisions, for the report
+}
 
 func main() {
 	n := flag.Int("n", 200, "number of claims")
@@ -50,6 +59,7 @@ func main() {
 }
 
 type result struct {
+	target            target
 	allBound, deleted time.Duration
 	perClaim          []time.Duration
 	toPV              []time.Duration // claim created → PV created (provisioner latency)
@@ -84,17 +94,30 @@ func run(n int, out string) (err error) {
 	}
 	cfg.QPS, cfg.Burst = 1000, 2000 // the bench client must not be the bottleneck
 	kube := kubernetes.NewForConfigOrDie(cfg)
-	wffc, del := storagev1.VolumeBindingWaitForFirstConsumer, corev1.PersistentVolumeReclaimDelete
-	if _, err := kube.StorageV1().StorageClasses().Create(ctx, &storagev1.StorageClass{
-		ObjectMeta: metav1.ObjectMeta{Name: class}, Provisioner: driver, VolumeBindingMode: &wffc, ReclaimPolicy: &del,
-	}, metav1.CreateOptions{}); err != nil {
+	targets := []target{
+		{driver: "local.csi.monocsi.io", class: "bench-local", mode: storagev1.VolumeBindingWaitForFirstConsumer, root: c.LocalRoot(),
+			what: "node role, node-deployment mode; claims carry the selected-node annotation the scheduler would set"},
+		{driver: "nfs.csi.monocsi.io", class: "bench-nfs", mode: storagev1.VolumeBindingImmediate,
+			params: map[string]string{"server": nfsServer, "share": nfsShare}, root: filepath.Join(c.NFSRoot(), nfsServer, nfsShare),
+			what: "controller role under its Lease; every volume is a mount of the share, a mkdir and an unmount (test/nfsemu's emulated server)"},
+	}
+	if err := os.MkdirAll(targets[1].root, 0o777); err != nil {
 		return err
 	}
-
-	fmt.Printf("==> monocsi: %d claims\n", n)
-	ours, err := provisioned(ctx, kube, c, n)
-	if err != nil {
-		return err
+	var ours []*result
+	for _, tg := range targets {
+		del := corev1.PersistentVolumeReclaimDelete
+		if _, err := kube.StorageV1().StorageClasses().Create(ctx, &storagev1.StorageClass{
+			ObjectMeta: metav1.ObjectMeta{Name: tg.class}, Provisioner: tg.driver, Parameters: tg.params, VolumeBindingMode: &tg.mode, ReclaimPolicy: &del,
+		}, metav1.CreateOptions{}); err != nil {
+			return err
+		}
+		fmt.Printf("==> monocsi, %s: %d claims\n", tg.driver, n)
+		res, err := provisioned(ctx, kube, tg, n)
+		if err != nil {
+			return err
+		}
+		ours = append(ours, res)
 	}
 	fmt.Printf("==> floor: %d PVs and pre-bound claims from a bare client\n", n)
 	floor, err := bare(ctx, kube, n)
@@ -104,17 +127,20 @@ func run(n int, out string) (err error) {
 	return report(out, n, ours, floor)
 }
 
-// provisioned measures claims provisioned by monocsi. The claims carry the
-// selected-node annotation the scheduler would set for their pods, so the
-// measurement is the provisioner's, not the scheduler's.
-func provisioned(ctx context.Context, kube kubernetes.Interface, c *cluster.Cluster, n int) (*result, error) {
+// provisioned measures claims provisioned by monocsi. Claims of a
+// WaitForFirstConsumer class carry the selected-node annotation the scheduler
+// would set for their pods, so the measurement is the provisioner's, not the
+// scheduler's.
+func provisioned(ctx context.Context, kube kubernetes.Interface, tg target, n int) (*result, error) {
 	tr := track(kube)
 	defer tr.stop()
-	names := numbered("bench", n)
-	sc := class
+	names := numbered(tg.class, n)
+	sc := tg.class
 	res, created, err := bindAll(tr, names, func(name string) error {
 		pvc := claim(name, &sc, "")
-		pvc.Annotations = map[string]string{"volume.kubernetes.io/selected-node": cluster.NodeName}
+		if tg.mode == storagev1.VolumeBindingWaitForFirstConsumer {
+			pvc.Annotations = map[string]string{"volume.kubernetes.io/selected-node": cluster.NodeName}
+		}
 		_, err := kube.CoreV1().PersistentVolumeClaims(ns).Create(ctx, pvc, metav1.CreateOptions{})
 		return err
 	})
@@ -135,10 +161,11 @@ func provisioned(ctx context.Context, kube kubernetes.Interface, c *cluster.Clus
 	}); err != nil {
 		return nil, err
 	}
-	if err := waitGone(ctx, kube, c.LocalRoot(), 10*time.Minute); err != nil {
+	if err := waitGone(ctx, kube, tg.root, 10*time.Minute); err != nil {
 		return nil, err
 	}
 	res.deleted = time.Since(start)
+	res.target = tg
 	fmt.Printf("    all PVs and directories gone after %s\n", res.deleted.Round(time.Millisecond))
 	return res, nil
 }
@@ -374,27 +401,31 @@ func percentile(d []time.Duration, p float64) time.Duration {
 	return s[int(p*float64(len(s)-1))]
 }
 
-func report(out string, n int, ours, floor *result) error {
+func report(out string, n int, ours []*result, floor *result) error {
 	host, _ := os.Hostname()
-	cpu := runtime.NumCPU()
 	r := func(a, b time.Duration) string { return fmt.Sprintf("%.2f×", a.Seconds()/b.Seconds()) }
-	s := func(d time.Duration) string { return fmt.Sprintf("%.2f s", d.Seconds()) }
-	var rss []string
-	for k, v := range ours.rssPeakKB {
-		rss = append(rss, fmt.Sprintf("%s: %.1f MB", k, float64(v)/1024))
-	}
-	sort.Strings(rss)
+	sec := func(d time.Duration) string { return fmt.Sprintf("%.2f s", d.Seconds()) }
 	md := fmt.Sprintf(`# Benchmarks
 
 Written by `+"`make bench`"+` (bench/provision). Do not edit by hand: run it again.
 
-## Provisioning: %d claims, local driver
-
 Machine: %s, %d CPUs, %s. Date: %s. Test cluster: Kubernetes %s, one node,
-monocsi installed from manifests/ (node role, provisioning in node-deployment
-mode). Claims carry the selected-node annotation the scheduler would set.
-Floor: the same number of PVs and pre-bound claims created by a bare client,
-bound by the PV controller alone (no provisioner).
+monocsi installed from manifests/. Each driver gets %d claims created at once
+(%d in flight). Floor: the same number of PVs and pre-bound claims created by
+a bare client, bound by the PV controller alone (no provisioner).
+`, host, runtime.NumCPU(), runtime.GOARCH, time.Now().UTC().Format("2006-01-02 15:04 MST"), cluster.K8sVersion, n, parallel)
+	for _, o := range ours {
+		var rss []string
+		for k, v := range o.rssPeakKB {
+			rss = append(rss, fmt.Sprintf("%s: %.1f MB", k, float64(v)/1024))
+		}
+		sort.Strings(rss)
+		p50, p99 := percentile(o.perClaim, .5), percentile(o.perClaim, .99)
+		f50, f99 := percentile(floor.perClaim, .5), percentile(floor.perClaim, .99)
+		md += fmt.Sprintf(`
+## Provisioning: %d claims, %s
+
+%s.
 
 | measure | monocsi | floor | ratio |
 | --- | --- | --- | --- |
@@ -403,24 +434,25 @@ bound by the PV controller alone (no provisioner).
 | per-claim time to Bound, p99 | %s | %s | %s |
 | delete all (claims deleted → every PV and directory gone) | %s | %s | %s |
 
-Claim created → PV object created by monocsi: p50 %s, p99 %s. That
-includes kube-controller-manager's PV controller marking the claim for
-monocsi (the storage-provisioner annotation) before monocsi sees it; the rest
-of the time to Bound is the same PV controller binding claim and PV (its
-default client limit is 20 QPS), which the floor shows on its own.
+Claim created → PV object created by monocsi: p50 %s, p99 %s.
 
-Peak RSS (VmHWM) after %d volumes: %s.
+Peak RSS (VmHWM) of the monocsi processes after these volumes: %s.
+`, n, o.target.driver, o.target.what, n, sec(o.allBound), sec(floor.allBound), r(o.allBound, floor.allBound),
+			sec(p50), sec(f50), r(p50, f50), sec(p99), sec(f99), r(p99, f99),
+			sec(o.deleted), sec(floor.deleted), r(o.deleted, floor.deleted),
+			sec(percentile(o.toPV, .5)), sec(percentile(o.toPV, .99)), strings.Join(rss, ", "))
+	}
+	md += `
+Claim created → PV created includes kube-controller-manager's PV controller
+marking the claim for monocsi (the storage-provisioner annotation) before
+monocsi sees it; the rest of the time to Bound is the same PV controller
+binding claim and PV (its default client limit is 20 QPS), which the floor
+shows on its own.
 
 Reference, the sidecar layout measured on this machine kind (external-provisioner
 + csi-driver-nfs, serial kubectl apply): 200 claims all Bound 62.6 s after the
 apply started, 200 deletions 86.1 s, RSS provisioner 70 MB + driver 35 MB.
-`, n, host, cpu, runtime.GOARCH, time.Now().UTC().Format("2006-01-02 15:04 MST"), cluster.K8sVersion,
-		n, s(ours.allBound), s(floor.allBound), r(ours.allBound, floor.allBound),
-		s(percentile(ours.perClaim, .5)), s(percentile(floor.perClaim, .5)), r(percentile(ours.perClaim, .5), percentile(floor.perClaim, .5)),
-		s(percentile(ours.perClaim, .99)), s(percentile(floor.perClaim, .99)), r(percentile(ours.perClaim, .99), percentile(floor.perClaim, .99)),
-		s(ours.deleted), s(floor.deleted), r(ours.deleted, floor.deleted),
-		s(percentile(ours.toPV, .5)), s(percentile(ours.toPV, .99)),
-		n, strings.Join(rss, ", "))
+`
 	fmt.Print(md)
 	return os.WriteFile(out, []byte(md), 0o644)
 }

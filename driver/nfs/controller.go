@@ -53,7 +53,7 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	extra, _ := splitOptions(p.mountOptions) // checked by parseParams
 	opts = append(opts, extra...)
 
-	unlock, err := d.locks.TryLock(name)
+	unlock, err := d.locks.TryLock(v.dirKey())
 	if err != nil {
 		return nil, err
 	}
@@ -128,7 +128,7 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 		klog.V(2).InfoS("Volume is retained on the share", "volumeID", id)
 		return &csi.DeleteVolumeResponse{}, nil
 	}
-	unlock, err := d.locks.TryLock(id)
+	unlock, err := d.locks.TryLock(v.dirKey())
 	if err != nil {
 		return nil, err
 	}

@@ -40,6 +40,12 @@ func (v volume) id() string {
 	return strings.Join(parts, separator)
 }
 
+// dirKey names the volume's directory: creating and deleting it exclude
+// each other, also between volumes whose templated subDirs coincide.
+func (v volume) dirKey() string {
+	return v.server + ":" + strings.TrimRight(v.share, "/") + "/" + v.subDir
+}
+
 var legacyHandle = regexp.MustCompile(`^([^/]+)/(.*)/([^/]+)$`)
 
 // parseHandle reads a handle and validates every part, so nothing taken from
