@@ -27,6 +27,7 @@ import (
 	"sigs.k8s.io/sig-storage-lib-external-provisioner/v10/controller"
 
 	"github.com/monocsi/monocsi/driver"
+	"github.com/monocsi/monocsi/internal/opmetrics"
 )
 
 // Options configure the provisioner of one driver.
@@ -217,7 +218,7 @@ func (p *Provisioner) Provision(ctx context.Context, o controller.ProvisionOptio
 	defer cancel()
 	start := time.Now()
 	resp, err := p.opts.Driver.CreateVolume(cctx, req)
-	observe(p.name, "CreateVolume", start, err)
+	opmetrics.Observe(p.name, "CreateVolume", start, err)
 	if err != nil {
 		// The library prefixes "failed to provision volume with StorageClass":
 		// the event reads exactly as external-provisioner's.
@@ -290,7 +291,7 @@ func (p *Provisioner) Delete(ctx context.Context, pv *corev1.PersistentVolume) e
 	cctx = driver.WithMountOptions(cctx, pv.Spec.MountOptions)
 	start := time.Now()
 	_, err = p.opts.Driver.DeleteVolume(cctx, &csi.DeleteVolumeRequest{VolumeId: pv.Spec.CSI.VolumeHandle, Secrets: secrets})
-	observe(p.name, "DeleteVolume", start, err)
+	opmetrics.Observe(p.name, "DeleteVolume", start, err)
 	if err != nil {
 		return err
 	}

@@ -22,11 +22,11 @@ const Workers = 100
 // the cluster's PVCs per process, not per driver. The library's own leader
 // election is off: a process elects once for all its drivers (or, in a node
 // deployment, needs none).
-// Its metrics (the library's controller_persistentvolume* series and
-// csi_sidecar_operations_seconds) are registered in reg.
+// The library's metrics (controller_persistentvolume*) are registered in
+// reg; the caller registers opmetrics.Operations.
 func Run(ctx context.Context, client kubernetes.Interface, provs []*Provisioner, reg prometheus.Registerer) error {
 	m := metrics.New("controller")
-	for _, c := range []prometheus.Collector{operations,
+	for _, c := range []prometheus.Collector{
 		m.PersistentVolumeClaimProvisionTotal, m.PersistentVolumeClaimProvisionFailedTotal, m.PersistentVolumeClaimProvisionDurationSeconds,
 		m.PersistentVolumeDeleteTotal, m.PersistentVolumeDeleteFailedTotal, m.PersistentVolumeDeleteDurationSeconds} {
 		if err := reg.Register(c); err != nil {

@@ -13,8 +13,11 @@ import (
 	"golang.org/x/sync/errgroup"
 	"k8s.io/klog/v2"
 
+	"github.com/monocsi/monocsi/attacher"
+	"github.com/monocsi/monocsi/driver/flex"
 	"github.com/monocsi/monocsi/health"
 	"github.com/monocsi/monocsi/internal/kube"
+	"github.com/monocsi/monocsi/internal/opmetrics"
 	"github.com/monocsi/monocsi/internal/leader"
 	"github.com/monocsi/monocsi/nodeplugin"
 	"github.com/monocsi/monocsi/provisioner"
@@ -33,6 +36,8 @@ func runController(ctx context.Context, args []string) error {
 	extraMetadata := fs.Bool("extra-create-metadata", true, "pass the claim's name and namespace and the PV name to CreateVolume")
 	var kf kube.Flags
 	kf.Register(fs)
+	var ff flexFlags
+	ff.register(fs)
 	elect := fs.Bool("leader-election", true, "elect a leader among replicas through a Lease; only the leader acts")
 	var lc leader.Config
 	fs.StringVar(&lc.Namespace, "leader-election-namespace", "", "namespace of the Lease; default: the pod's namespace")
@@ -67,6 +72,7 @@ func runController(ctx context.Context, args []string) error {
 		lc.Namespace = podNamespace()
 	}
 	reg := prometheus.NewRegistry()
+	reg.MustRegister(opmetrics.Operations)
 	g, ctx := errgroup.WithContext(ctx)
 	if *httpEndpoint != "" {
 		mux := http.NewServeMux()
@@ -80,7 +86,23 @@ func runController(ctx context.Context, args []string) error {
 			return err
 		}
 		klog.InfoS("Controller role acting", "drivers", len(provs))
-		return provisioner.Run(ctx, client, provs, reg)
+		// FlexVolume drivers that attach are attached here, as the
+		// kube-controller-manager did: the executables must be on this node.
+		att := attacher.New(client)
+		g, ctx := errgroup.WithContext(ctx)
+		g.Go(func() error { return att.Run(ctx, 10) })
+		g.Go(func() error {
+			return ff.watch(ctx, df.nodeID, func(ctx context.Context, name string, d *flex.Driver) {
+				if !d.Attach() {
+					return
+				}
+				att.Add(name, d)
+				<-ctx.Done()
+				att.Remove(name)
+			})
+		})
+		g.Go(func() error { return provisioner.Run(ctx, client, provs, reg) })
+		return g.Wait()
 	}
 	g.Go(func() error {
 		if !*elect {

@@ -11,10 +11,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 
+	"github.com/monocsi/monocsi/driver/flex"
 	"github.com/monocsi/monocsi/health"
 	"github.com/monocsi/monocsi/internal/kube"
+	"github.com/monocsi/monocsi/internal/opmetrics"
 	"github.com/monocsi/monocsi/nodeplugin"
 	"github.com/monocsi/monocsi/provisioner"
 	"github.com/monocsi/monocsi/registrar"
@@ -33,6 +36,8 @@ func runNode(ctx context.Context, args []string) error {
 	extraMetadata := fs.Bool("extra-create-metadata", true, "pass the claim's name and namespace and the PV name to CreateVolume (csi.storage.k8s.io/pvc/name, ...)")
 	var kf kube.Flags
 	kf.Register(fs)
+	var ff flexFlags
+	ff.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -78,9 +83,10 @@ func runNode(ctx context.Context, args []string) error {
 			Run: func(context.Context) error { return reg.Healthy() }})
 	}
 	reg := prometheus.NewRegistry()
+	reg.MustRegister(opmetrics.Operations)
+	var client kubernetes.Interface
 	if *provision {
-		client, err := kf.Client()
-		if err != nil {
+		if client, err = kf.Client(); err != nil {
 			return fmt.Errorf("%w (run with --provision=false to serve volumes without provisioning)", err)
 		}
 		var local []nodeplugin.Plugin
@@ -106,6 +112,11 @@ func runNode(ctx context.Context, args []string) error {
 			}
 		})
 	}
+	g.Go(func() error {
+		return ff.watch(ctx, df.nodeID, func(ctx context.Context, name string, d *flex.Driver) {
+			serveFlexNode(ctx, *kubeletDir, client, name, d)
+		})
+	})
 	if *httpEndpoint != "" {
 		mux := http.NewServeMux()
 		mux.Handle("/healthz", health.Handler(5*time.Second, checks...))

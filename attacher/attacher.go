@@ -1,0 +1,418 @@
+// Package attacher is the embedded external-attacher: it watches
+// VolumeAttachments of the drivers it serves, calls their
+// ControllerPublishVolume / ControllerUnpublishVolume in-process, and writes
+// the results into the VolumeAttachment status with the finalizers and
+// annotation external-attacher uses, so the kubelet and the attach/detach
+// controller cannot tell the difference.
+package attacher
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	storagelisters "k8s.io/client-go/listers/storage/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
+	"k8s.io/klog/v2"
+
+	"github.com/monocsi/monocsi/driver"
+	"github.com/monocsi/monocsi/internal/opmetrics"
+)
+
+// annNodeID remembers the node ID a volume was attached with, so detach
+// works when the node's CSINode is gone (external-attacher's annotation).
+const annNodeID = "csi.alpha.kubernetes.io/node-id"
+
+// Finalizer is the finalizer external-attacher puts on VolumeAttachments
+// and PVs of a driver.
+func Finalizer(driverName string) string {
+	return "external-attacher/" + strings.ReplaceAll(driverName, "/", "-")
+}
+
+// Timeout bounds every CSI call.
+const Timeout = 2 * time.Minute
+
+// Attacher attaches and detaches volumes of the drivers it holds.
+type Attacher struct {
+	client  kubernetes.Interface
+	mu      sync.RWMutex
+	drivers map[string]driver.Driver // by CSI name
+	queue   workqueue.TypedRateLimitingInterface[string]
+	vas     storagelisters.VolumeAttachmentLister
+	pvs     corelisters.PersistentVolumeLister
+	nodes   storagelisters.CSINodeLister
+}
+
+// New returns an attacher with no drivers; Add and Remove change them while
+// it runs (FlexVolume drivers come and go).
+func New(client kubernetes.Interface) *Attacher {
+	return &Attacher{client: client, drivers: map[string]driver.Driver{},
+		// Retries: 1 s doubling to 5 min, as external-attacher.
+		queue: workqueue.NewTypedRateLimitingQueue(workqueue.NewTypedItemExponentialFailureRateLimiter[string](time.Second, 5*time.Minute))}
+}
+
+// Add starts serving a driver's VolumeAttachments.
+func (a *Attacher) Add(name string, d driver.Driver) {
+	a.mu.Lock()
+	a.drivers[name] = d
+	a.mu.Unlock()
+	a.resync()
+}
+
+// Remove stops serving a driver; its attachments stay as they are.
+func (a *Attacher) Remove(name string) {
+	a.mu.Lock()
+	delete(a.drivers, name)
+	a.mu.Unlock()
+}
+
+func (a *Attacher) driver(name string) driver.Driver {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	return a.drivers[name]
+}
+
+// resync queues every VolumeAttachment (a driver was added).
+func (a *Attacher) resync() {
+	if a.vas == nil {
+		return
+	}
+	vas, _ := a.vas.List(everything)
+	for _, va := range vas {
+		a.queue.Add(va.Name)
+	}
+}
+
+// Run watches VolumeAttachments, PVs and CSINodes until ctx is done.
+func (a *Attacher) Run(ctx context.Context, workers int) error {
+	f := informers.NewSharedInformerFactory(a.client, 10*time.Minute)
+	vaInf, pvInf := f.Storage().V1().VolumeAttachments(), f.Core().V1().PersistentVolumes()
+	a.vas, a.pvs, a.nodes = vaInf.Lister(), pvInf.Lister(), f.Storage().V1().CSINodes().Lister()
+	f.Storage().V1().CSINodes().Informer()
+	enqueue := func(obj any) {
+		if va, ok := obj.(*storagev1.VolumeAttachment); ok {
+			a.queue.Add(va.Name)
+		}
+	}
+	if _, err := vaInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: enqueue, UpdateFunc: func(_, o any) { enqueue(o) }, DeleteFunc: func(o any) { a.pvsOf(o) },
+	}); err != nil {
+		return err
+	}
+	// A PV being deleted loses our finalizer once no attachment uses it.
+	if _, err := pvInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		UpdateFunc: func(_, o any) { a.queuePV(o) }, AddFunc: a.queuePV,
+	}); err != nil {
+		return err
+	}
+	f.Start(ctx.Done())
+	f.WaitForCacheSync(ctx.Done())
+	defer f.Shutdown()
+	defer a.queue.ShutDown()
+	for range workers {
+		go a.work(ctx)
+	}
+	<-ctx.Done()
+	return nil
+}
+
+var everything = labels.Everything()
+
+// pvKey marks queue items that are PVs, not VolumeAttachments.
+const pvKey = "pv/"
+
+func (a *Attacher) queuePV(obj any) {
+	if pv, ok := obj.(*corev1.PersistentVolume); ok && pv.DeletionTimestamp != nil && pv.Spec.CSI != nil &&
+		slices.Contains(pv.Finalizers, Finalizer(pv.Spec.CSI.Driver)) {
+		a.queue.Add(pvKey + pv.Name)
+	}
+}
+
+func (a *Attacher) pvsOf(obj any) {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	if va, ok := obj.(*storagev1.VolumeAttachment); ok && va.Spec.Source.PersistentVolumeName != nil {
+		a.queue.Add(pvKey + *va.Spec.Source.PersistentVolumeName)
+	}
+}
+
+func (a *Attacher) work(ctx context.Context) {
+	for {
+		key, quit := a.queue.Get()
+		if quit {
+			return
+		}
+		var err error
+		if name, ok := strings.CutPrefix(key, pvKey); ok {
+			err = a.syncPV(ctx, name)
+		} else {
+			err = a.syncVA(ctx, key)
+		}
+		if err != nil {
+			klog.ErrorS(err, "Retrying", "item", key)
+			a.queue.AddRateLimited(key)
+		} else {
+			a.queue.Forget(key)
+		}
+		a.queue.Done(key)
+	}
+}
+
+func (a *Attacher) syncVA(ctx context.Context, name string) error {
+	va, err := a.vas.Get(name)
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	d := a.driver(va.Spec.Attacher)
+	if d == nil {
+		return nil // not ours
+	}
+	if va.DeletionTimestamp != nil {
+		return a.detach(ctx, d, va)
+	}
+	if va.Status.Attached {
+		return nil
+	}
+	return a.attach(ctx, d, va)
+}
+
+func (a *Attacher) attach(ctx context.Context, d driver.Driver, va *storagev1.VolumeAttachment) error {
+	name := va.Spec.Attacher
+	fin := Finalizer(name)
+	if va.Spec.Source.PersistentVolumeName == nil {
+		return a.attachFailed(ctx, va, fmt.Errorf("only PersistentVolumes can be attached by %s (inline volume specs are not supported)", name))
+	}
+	pv, err := a.pvs.Get(*va.Spec.Source.PersistentVolumeName)
+	if err != nil {
+		return a.attachFailed(ctx, va, fmt.Errorf("PersistentVolume %s: %w", *va.Spec.Source.PersistentVolumeName, err))
+	}
+	if pv.Spec.CSI == nil || pv.Spec.CSI.Driver != name {
+		return a.attachFailed(ctx, va, fmt.Errorf("PersistentVolume %s is not a volume of %s", pv.Name, name))
+	}
+	if pv.DeletionTimestamp == nil && !slices.Contains(pv.Finalizers, fin) {
+		pv = pv.DeepCopy()
+		pv.Finalizers = append(pv.Finalizers, fin)
+		if _, err := a.client.CoreV1().PersistentVolumes().Update(ctx, pv, metav1.UpdateOptions{}); err != nil {
+			return err
+		}
+	}
+	nodeID, err := a.nodeID(name, va.Spec.NodeName)
+	if err != nil {
+		return a.attachFailed(ctx, va, err)
+	}
+	if !slices.Contains(va.Finalizers, fin) || va.Annotations[annNodeID] != nodeID {
+		va = va.DeepCopy()
+		if !slices.Contains(va.Finalizers, fin) {
+			va.Finalizers = append(va.Finalizers, fin)
+		}
+		if va.Annotations == nil {
+			va.Annotations = map[string]string{}
+		}
+		va.Annotations[annNodeID] = nodeID
+		if va, err = a.client.StorageV1().VolumeAttachments().Update(ctx, va, metav1.UpdateOptions{}); err != nil {
+			return err
+		}
+	}
+	var publishCtx map[string]string
+	if has(ctx, d, csi.ControllerServiceCapability_RPC_PUBLISH_UNPUBLISH_VOLUME) {
+		secrets, err := a.secrets(ctx, pv.Spec.CSI.ControllerPublishSecretRef)
+		if err != nil {
+			return a.attachFailed(ctx, va, err)
+		}
+		cctx, cancel := context.WithTimeout(ctx, Timeout)
+		start := time.Now()
+		resp, err := d.ControllerPublishVolume(cctx, &csi.ControllerPublishVolumeRequest{
+			VolumeId: pv.Spec.CSI.VolumeHandle, NodeId: nodeID, VolumeCapability: capability(pv),
+			Readonly: pv.Spec.CSI.ReadOnly, Secrets: secrets, VolumeContext: pv.Spec.CSI.VolumeAttributes,
+		})
+		cancel()
+		opmetrics.Observe(name, "ControllerPublishVolume", start, err)
+		if err != nil {
+			return a.attachFailed(ctx, va, err)
+		}
+		publishCtx = resp.GetPublishContext()
+	}
+	// No PUBLISH_UNPUBLISH_VOLUME: the driver requires attach but does it
+	// itself; the VolumeAttachment is only marked, as external-attacher does.
+	va = va.DeepCopy()
+	va.Status = storagev1.VolumeAttachmentStatus{Attached: true, AttachmentMetadata: publishCtx}
+	if _, err := a.client.StorageV1().VolumeAttachments().UpdateStatus(ctx, va, metav1.UpdateOptions{}); err != nil {
+		return err
+	}
+	klog.InfoS("Attached", "driver", name, "volumeAttachment", va.Name, "pv", pv.Name, "node", va.Spec.NodeName)
+	return nil
+}
+
+// attachFailed records the error in the status (where `kubectl describe`
+// and the attach/detach controller's events show it) and returns it for a retry.
+func (a *Attacher) attachFailed(ctx context.Context, va *storagev1.VolumeAttachment, cause error) error {
+	va = va.DeepCopy()
+	va.Status.AttachError = &storagev1.VolumeError{Time: metav1.Now(), Message: cause.Error()}
+	if _, err := a.client.StorageV1().VolumeAttachments().UpdateStatus(ctx, va, metav1.UpdateOptions{}); err != nil {
+		klog.ErrorS(err, "Cannot record the attach error", "volumeAttachment", va.Name)
+	}
+	return cause
+}
+
+func (a *Attacher) detach(ctx context.Context, d driver.Driver, va *storagev1.VolumeAttachment) error {
+	name := va.Spec.Attacher
+	fin := Finalizer(name)
+	if !slices.Contains(va.Finalizers, fin) {
+		return nil
+	}
+	if has(ctx, d, csi.ControllerServiceCapability_RPC_PUBLISH_UNPUBLISH_VOLUME) {
+		nodeID := va.Annotations[annNodeID]
+		if nodeID == "" {
+			var err error
+			if nodeID, err = a.nodeID(name, va.Spec.NodeName); err != nil {
+				return a.detachFailed(ctx, va, err)
+			}
+		}
+		handle, secrets := "", map[string]string(nil)
+		if n := va.Spec.Source.PersistentVolumeName; n != nil {
+			pv, err := a.pvs.Get(*n)
+			if err != nil {
+				return a.detachFailed(ctx, va, fmt.Errorf("PersistentVolume %s: %w", *n, err))
+			}
+			handle = pv.Spec.CSI.VolumeHandle
+			if secrets, err = a.secrets(ctx, pv.Spec.CSI.ControllerPublishSecretRef); err != nil {
+				return a.detachFailed(ctx, va, err)
+			}
+		}
+		cctx, cancel := context.WithTimeout(ctx, Timeout)
+		start := time.Now()
+		_, err := d.ControllerUnpublishVolume(cctx, &csi.ControllerUnpublishVolumeRequest{VolumeId: handle, NodeId: nodeID, Secrets: secrets})
+		cancel()
+		opmetrics.Observe(name, "ControllerUnpublishVolume", start, err)
+		if err != nil {
+			return a.detachFailed(ctx, va, err)
+		}
+	}
+	va = va.DeepCopy()
+	va.Status = storagev1.VolumeAttachmentStatus{Attached: false}
+	va, err := a.client.StorageV1().VolumeAttachments().UpdateStatus(ctx, va, metav1.UpdateOptions{})
+	if err != nil {
+		return err
+	}
+	va.Finalizers = slices.DeleteFunc(va.Finalizers, func(f string) bool { return f == fin })
+	if _, err := a.client.StorageV1().VolumeAttachments().Update(ctx, va, metav1.UpdateOptions{}); err != nil {
+		return err
+	}
+	klog.InfoS("Detached", "driver", name, "volumeAttachment", va.Name, "node", va.Spec.NodeName)
+	return nil
+}
+
+func (a *Attacher) detachFailed(ctx context.Context, va *storagev1.VolumeAttachment, cause error) error {
+	va = va.DeepCopy()
+	va.Status.DetachError = &storagev1.VolumeError{Time: metav1.Now(), Message: cause.Error()}
+	if _, err := a.client.StorageV1().VolumeAttachments().UpdateStatus(ctx, va, metav1.UpdateOptions{}); err != nil {
+		klog.ErrorS(err, "Cannot record the detach error", "volumeAttachment", va.Name)
+	}
+	return cause
+}
+
+// syncPV removes the finalizer from a PV being deleted once no
+// VolumeAttachment refers to it.
+func (a *Attacher) syncPV(ctx context.Context, name string) error {
+	pv, err := a.pvs.Get(name)
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil || pv.DeletionTimestamp == nil || pv.Spec.CSI == nil || a.driver(pv.Spec.CSI.Driver) == nil {
+		return err
+	}
+	fin := Finalizer(pv.Spec.CSI.Driver)
+	if !slices.Contains(pv.Finalizers, fin) {
+		return nil
+	}
+	vas, err := a.vas.List(everything)
+	if err != nil {
+		return err
+	}
+	for _, va := range vas {
+		if n := va.Spec.Source.PersistentVolumeName; n != nil && *n == name {
+			return nil // the VolumeAttachment's deletion queues the PV again
+		}
+	}
+	pv = pv.DeepCopy()
+	pv.Finalizers = slices.DeleteFunc(pv.Finalizers, func(f string) bool { return f == fin })
+	_, err = a.client.CoreV1().PersistentVolumes().Update(ctx, pv, metav1.UpdateOptions{})
+	return err
+}
+
+// nodeID is the driver's ID of a node, from the node's CSINode.
+func (a *Attacher) nodeID(driverName, node string) (string, error) {
+	cn, err := a.nodes.Get(node)
+	if err != nil {
+		return "", fmt.Errorf("CSINode %s: %w", node, err)
+	}
+	for _, d := range cn.Spec.Drivers {
+		if d.Name == driverName {
+			return d.NodeID, nil
+		}
+	}
+	return "", fmt.Errorf("CSINode %s does not list driver %s: is it registered on that node?", node, driverName)
+}
+
+func (a *Attacher) secrets(ctx context.Context, ref *corev1.SecretReference) (map[string]string, error) {
+	if ref == nil {
+		return nil, nil
+	}
+	s, err := a.client.CoreV1().Secrets(ref.Namespace).Get(ctx, ref.Name, metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("controller publish secret %s/%s: %w", ref.Namespace, ref.Name, err)
+	}
+	out := map[string]string{}
+	for k, v := range s.Data {
+		out[k] = string(v)
+	}
+	return out, nil
+}
+
+// capability is the CSI capability of a PV, as external-attacher builds it.
+func capability(pv *corev1.PersistentVolume) *csi.VolumeCapability {
+	mode := csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER
+	switch {
+	case slices.Contains(pv.Spec.AccessModes, corev1.ReadWriteMany):
+		mode = csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER
+	case slices.Contains(pv.Spec.AccessModes, corev1.ReadOnlyMany) && !slices.Contains(pv.Spec.AccessModes, corev1.ReadWriteOnce):
+		mode = csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY
+	}
+	c := &csi.VolumeCapability{AccessMode: &csi.VolumeCapability_AccessMode{Mode: mode}}
+	if pv.Spec.VolumeMode != nil && *pv.Spec.VolumeMode == corev1.PersistentVolumeBlock {
+		c.AccessType = &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}}
+	} else {
+		c.AccessType = &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: pv.Spec.CSI.FSType, MountFlags: pv.Spec.MountOptions}}
+	}
+	return c
+}
+
+func has(ctx context.Context, d driver.Driver, c csi.ControllerServiceCapability_RPC_Type) bool {
+	resp, err := d.ControllerGetCapabilities(ctx, &csi.ControllerGetCapabilitiesRequest{})
+	if err != nil {
+		return false
+	}
+	for _, x := range resp.GetCapabilities() {
+		if x.GetRpc().GetType() == c {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,138 @@
+package flex
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os/exec"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+)
+
+// reply is a FlexVolume executable's answer.
+type reply struct {
+	Status       string        `json:"status"`
+	Message      string        `json:"message,omitempty"`
+	Device       string        `json:"device,omitempty"`
+	VolumeName   string        `json:"volumeName,omitempty"`
+	Attached     bool          `json:"attached,omitempty"`
+	Capabilities *capabilities `json:"capabilities,omitempty"`
+	// Code is monocsi's extension to the protocol: a Failure may name the
+	// gRPC code that fits it (NotFound, AlreadyExists, ...); without one a
+	// Failure is INTERNAL. The kubelet ignores the field.
+	Code string `json:"code,omitempty"`
+}
+
+// failureCodes are the codes a Failure may name.
+var failureCodes = map[string]codes.Code{
+	"InvalidArgument": codes.InvalidArgument, "NotFound": codes.NotFound, "AlreadyExists": codes.AlreadyExists,
+	"FailedPrecondition": codes.FailedPrecondition, "ResourceExhausted": codes.ResourceExhausted,
+	"Unavailable": codes.Unavailable, "OutOfRange": codes.OutOfRange,
+}
+
+type capabilities struct {
+	// Attach is a pointer: left out, it means true (the kubelet's default).
+	Attach *bool `json:"attach,omitempty"`
+}
+
+const (
+	statusSuccess      = "Success"
+	statusFailure      = "Failure"
+	statusNotSupported = "Not supported"
+)
+
+// errNotSupported is the executable's "Not supported": the caller falls back
+// to the default behaviour for that step.
+var errNotSupported = errors.New("not supported")
+
+// maxOutput bounds what an executable may print: its reply is a small JSON
+// object, and a runaway one must not fill the process's memory.
+const maxOutput = 64 << 10
+
+// limitedBuffer keeps the first max bytes and notes that more came.
+type limitedBuffer struct {
+	buf      bytes.Buffer
+	max      int
+	overflow bool
+}
+
+func (l *limitedBuffer) Write(p []byte) (int, error) {
+	room := l.max - l.buf.Len()
+	if len(p) > room {
+		l.overflow = true
+		if room > 0 {
+			l.buf.Write(p[:room])
+		}
+		return len(p), nil // keep draining: a blocked writer would hang the executable
+	}
+	return l.buf.Write(p)
+}
+
+// call runs the executable with a command and its arguments under timeout
+// and returns its Success reply; every other outcome is a gRPC error naming
+// the driver and the command, or errNotSupported.
+func (d *Driver) call(ctx context.Context, timeout time.Duration, args ...string) (*reply, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, d.exe, args...)
+	cmd.WaitDelay = 2 * time.Second // children that keep stdout open must not hold us
+	stdout, stderr := &limitedBuffer{max: maxOutput}, &limitedBuffer{max: 4096}
+	cmd.Stdout, cmd.Stderr = stdout, stderr
+	cmd.Stdin = nil
+	start := time.Now()
+	runErr := cmd.Run()
+	op := args[0]
+	klog.V(4).InfoS("FlexVolume call", "driver", d.name, "command", op, "duration", time.Since(start), "error", runErr)
+	fail := func(c codes.Code, format string, a ...any) error {
+		return status.Errorf(c, "flex driver %s: %s: %s", d.name, op, fmt.Sprintf(format, a...))
+	}
+	if ctx.Err() == context.DeadlineExceeded {
+		return nil, fail(codes.DeadlineExceeded, "no answer within %s", timeout)
+	}
+	if stdout.overflow {
+		return nil, fail(codes.Internal, "output exceeds %d bytes", maxOutput)
+	}
+	var r reply
+	dec := json.NewDecoder(bytes.NewReader(stdout.buf.Bytes()))
+	if err := dec.Decode(&r); err != nil {
+		detail := strings.TrimSpace(stdout.buf.String() + " " + stderr.buf.String())
+		if runErr != nil {
+			return nil, fail(codes.Internal, "%v: %s", runErr, clip(detail))
+		}
+		return nil, fail(codes.Internal, "reply is not JSON (%v): %s", err, clip(detail))
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, fail(codes.Internal, "reply has more than one JSON value: %s", clip(stdout.buf.String()))
+	}
+	switch r.Status {
+	case statusSuccess:
+		if runErr != nil {
+			return nil, fail(codes.Internal, "said Success but %v", runErr)
+		}
+		return &r, nil
+	case statusNotSupported:
+		return &r, errNotSupported
+	case statusFailure:
+		c, ok := failureCodes[r.Code]
+		if !ok {
+			c = codes.Internal
+		}
+		return nil, fail(c, "%s", clip(r.Message))
+	}
+	return nil, fail(codes.Internal, "unknown status %q", clip(r.Status))
+}
+
+func clip(s string) string {
+	const limit = 512
+	if len(s) > limit {
+		return s[:limit] + "..."
+	}
+	return s
+}
