@@ -17,8 +17,8 @@ import (
 	"github.com/monocsi/monocsi/driver/flex"
 	"github.com/monocsi/monocsi/health"
 	"github.com/monocsi/monocsi/internal/kube"
-	"github.com/monocsi/monocsi/internal/opmetrics"
 	"github.com/monocsi/monocsi/internal/leader"
+	"github.com/monocsi/monocsi/internal/opmetrics"
 	"github.com/monocsi/monocsi/nodeplugin"
 	"github.com/monocsi/monocsi/provisioner"
 )
