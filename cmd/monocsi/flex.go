@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"flag"
+	"fmt"
 	"os"
 	"strings"
 	"time"
@@ -138,4 +139,23 @@ func serveFlexNode(ctx context.Context, kubeletDir string, client kubernetes.Int
 		case <-time.After(wait):
 		}
 	}
+}
+
+// plugin is one FlexVolume driver of the directory, for `monocsi serve`.
+func (f *flexFlags) plugin(ctx context.Context, dir, nodeID string) (nodeplugin.Plugin, error) {
+	if dir == "" {
+		return nodeplugin.Plugin{}, fmt.Errorf("--driver=flex needs --flex-driver=<vendor~driver>")
+	}
+	if nodeID == "" {
+		return nodeplugin.Plugin{}, fmt.Errorf("--node-id (or $NODE_NAME) is required")
+	}
+	name, err := f.csiName(dir)
+	if err != nil {
+		return nodeplugin.Plugin{}, err
+	}
+	d, err := flex.New(ctx, flex.Config{Name: name, Exe: flex.Exe(f.dir, dir), NodeID: nodeID, Timeout: f.timeout, Version: version.Version})
+	if err != nil {
+		return nodeplugin.Plugin{}, err
+	}
+	return nodeplugin.Plugin{Name: name, Driver: d}, nil
 }

@@ -20,7 +20,10 @@ func runServe(ctx context.Context, args []string) error {
 	fs := newFlags("serve")
 	var df driverFlags
 	df.register(fs)
-	name := fs.String("driver", "local", "the driver to serve")
+	name := fs.String("driver", "local", "the driver to serve: local, nfs, or flex (with --flex-driver)")
+	var ff flexFlags
+	ff.register(fs)
+	flexDriver := fs.String("flex-driver", "", "with --driver=flex: the FlexVolume driver directory (<vendor~driver>) in --flex-dir to serve")
 	ep := fs.String("endpoint", "", "CSI endpoint, e.g. unix:///run/csi/csi.sock")
 	httpEndpoint := fs.String("http-endpoint", "", "address (e.g. :9808) to serve /healthz on; empty disables it")
 	if err := fs.Parse(args); err != nil {
@@ -33,11 +36,18 @@ func runServe(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	plugins, err := df.build([]string{*name})
-	if err != nil {
-		return err
+	var p nodeplugin.Plugin
+	if *name == "flex" {
+		if p, err = ff.plugin(ctx, *flexDriver, df.nodeID); err != nil {
+			return err
+		}
+	} else {
+		plugins, err := df.build([]string{*name})
+		if err != nil {
+			return err
+		}
+		p = plugins[0]
 	}
-	p := plugins[0]
 
 	g, ctx := errgroup.WithContext(ctx)
 	if *httpEndpoint != "" {

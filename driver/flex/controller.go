@@ -40,8 +40,9 @@ func (d *Driver) CreateVolume(_ context.Context, req *csi.CreateVolumeRequest) (
 	if len(attrs) == 0 {
 		return nil, status.Error(codes.InvalidArgument, "a FlexVolume is its options: the StorageClass needs at least one parameter")
 	}
-	return &csi.CreateVolumeResponse{Volume: &csi.Volume{VolumeId: req.GetName(), VolumeContext: attrs,
-		CapacityBytes: req.GetCapacityRange().GetRequiredBytes()}}, nil
+	d.created.Store(req.GetName(), true)
+	// Capacity 0: unknown; the PV carries the claim's request.
+	return &csi.CreateVolumeResponse{Volume: &csi.Volume{VolumeId: req.GetName(), VolumeContext: attrs}}, nil
 }
 
 // DeleteVolume forgets the volume: FlexVolume has no command to delete one,
@@ -50,17 +51,22 @@ func (d *Driver) DeleteVolume(_ context.Context, req *csi.DeleteVolumeRequest) (
 	if err := checkVolumeID(req.GetVolumeId()); err != nil {
 		return nil, err
 	}
+	d.created.Delete(req.GetVolumeId())
 	klog.V(2).InfoS("FlexVolume deleted: the executable keeps its data, there is no delete command", "driver", d.name, "volume", req.GetVolumeId())
 	return &csi.DeleteVolumeResponse{}, nil
 }
 
-// known fails with NOT_FOUND for a volume without options: a FlexVolume is
-// its options, so a volume that has none was never made for this driver.
-func known(id string, attrs map[string]string) error {
+// known fails with NOT_FOUND for a volume that comes without options and
+// was not created by this process: a FlexVolume is its options (every call
+// from Kubernetes carries the PV's), so without them it names nothing.
+func (d *Driver) known(id string, attrs map[string]string) error {
 	for k := range attrs {
 		if !strings.HasPrefix(k, "csi.storage.k8s.io/") {
 			return nil
 		}
+	}
+	if _, ok := d.created.Load(id); ok {
+		return nil
 	}
 	return status.Errorf(codes.NotFound, "volume %q has no options (volume attributes): it is not a volume of this FlexVolume driver", driver.Printable(id))
 }
@@ -91,7 +97,7 @@ func (d *Driver) ControllerPublishVolume(ctx context.Context, req *csi.Controlle
 	if err := driver.CheckCapability(req.GetVolumeCapability()); err != nil {
 		return nil, err
 	}
-	if err := known(id, req.GetVolumeContext()); err != nil {
+	if err := d.known(id, req.GetVolumeContext()); err != nil {
 		return nil, err
 	}
 	opts, err := options(id, req.GetVolumeContext(), req.GetVolumeCapability(), req.GetReadonly(), req.GetSecrets())
@@ -146,7 +152,7 @@ func (d *Driver) ValidateVolumeCapabilities(_ context.Context, req *csi.Validate
 	if err := driver.CheckCapabilities(req.GetVolumeCapabilities()); err != nil {
 		return nil, err
 	}
-	if err := known(req.GetVolumeId(), req.GetVolumeContext()); err != nil {
+	if err := d.known(req.GetVolumeId(), req.GetVolumeContext()); err != nil {
 		return nil, err
 	}
 	return &csi.ValidateVolumeCapabilitiesResponse{Confirmed: &csi.ValidateVolumeCapabilitiesResponse_Confirmed{

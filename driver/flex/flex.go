@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -50,6 +51,7 @@ type Driver struct {
 	timeout                    time.Duration
 	mounter                    *mount.SafeFormatAndMount
 	locks                      driver.Locks
+	created                    sync.Map // volume IDs CreateVolume returned, see known
 }
 
 var _ driver.Driver = (*Driver)(nil)

@@ -5,6 +5,7 @@ package sanity
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -39,6 +40,9 @@ func serveLocal(t *testing.T) (sock, root string) {
 
 func TestSanityLocal(t *testing.T) {
 	requireRoot(t)
+	if ownProcess(t) {
+		return
+	}
 	sock, root := serveLocal(t)
 	work := t.TempDir()
 	cfg := sanity.NewTestConfig()
@@ -131,4 +135,26 @@ func listTree(t *testing.T, dir string) []string {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// ownProcess runs the calling test in a child process of this test binary
+// and reports whether the caller is the parent (and should return). Ginkgo,
+// which csi-sanity runs on, cannot run its suite twice in one process, and
+// each driver has its own suite.
+func ownProcess(t *testing.T) bool {
+	const env = "MONOCSI_SANITY_CHILD"
+	if os.Getenv(env) == t.Name() {
+		return false
+	}
+	args := []string{"-test.run", "^" + t.Name() + "$", "-test.count=1"}
+	if testing.Verbose() {
+		args = append(args, "-test.v")
+	}
+	cmd := exec.Command(os.Args[0], append(args, "-ginkgo.no-color")...)
+	cmd.Env = append(os.Environ(), env+"="+t.Name())
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	if err := cmd.Run(); err != nil {
+		t.Errorf("%s in its own process: %v", t.Name(), err)
+	}
+	return true
 }
