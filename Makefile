@@ -10,7 +10,7 @@ STATICCHECK_VERSION := v0.8.2
 
 DEMO_DIR    ?= /tmp/monocsi-demo
 
-.PHONY: all build test unit sanity e2e bench demo demo-down lint clean
+.PHONY: all build test unit sanity e2e e2e-nfs bench demo demo-down lint clean
 
 all: build
 
@@ -18,9 +18,9 @@ all: build
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/monocsi ./cmd/monocsi
 
-## test: lint, unit tests, node-role tests, csi-sanity and the e2e tests (the CI command)
+## test: lint, unit tests, node-role tests, csi-sanity, the e2e tests and the NFS tests in a VM (the CI command)
 test:
-	@./hack/stages.sh lint unit sanity e2e
+	@./hack/stages.sh lint unit sanity e2e e2e-nfs
 
 ## unit: unit tests (real mounts: run as root) and the node-role tests
 unit:
@@ -36,6 +36,14 @@ sanity:
 e2e:
 	$(GO) test -count=1 -timeout 60m -v ./test/e2e/ 2>&1 | tee e2e.out | grep -E '^(=== RUN|---|ok|FAIL|PASS|==>|    [0-9])|e2e' ; \
 	  status=$${PIPESTATUS[0]}; [ $$status -eq 0 ] || tail -150 e2e.out; exit $$status
+
+## e2e-nfs: the NFS driver's tests (-test.run pattern MONOCSI_NFSVM_RUN, default NFS) inside a
+## VM with a real kernel NFS server (User-Mode Linux; the image is built and cached
+## on first use, see test/nfsvm), once with nfsvers=4.1 and once with nfsvers=3.
+## Static binaries: the guest has no Go toolchain. Full output in e2e-nfs.out.
+e2e-nfs: build
+	CGO_ENABLED=0 $(GO) test -c -o $(BIN)/nfsvm/sanity.test ./test/sanity
+	./test/nfsvm/e2e.sh $(BIN)/monocsi $(BIN)/nfsvm/sanity.test
 
 ## bench: provisioning benchmark on the test cluster (N=200 claims; BENCH_N to change); writes BENCHMARKS.md
 BENCH_N ?= 200
@@ -61,4 +69,4 @@ $(BIN)/staticcheck:
 	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 
 clean:
-	rm -rf $(BIN) sanity.out e2e.out
+	rm -rf $(BIN) sanity.out e2e.out e2e-nfs.out

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
@@ -77,34 +78,38 @@ func mounted(target string) (bool, error) {
 }
 
 // unmount takes target off the mount table however the server behaves:
-// plain umount, then forced (aborts the RPCs of a dead server), then lazy
-// (detaches the mount even if a request is stuck). It says in the log which
-// step it took, so an operator knows a server was unreachable.
+// plain umount (which lets umount.nfs tell the server), then a forced
+// unmount (aborts the RPCs of a dead server), then a lazy one (detaches the
+// mount even while a process is stuck in it). The last two are umount2
+// calls, not the umount command: its helper stats the mount point, which
+// hangs on a dead server. The log says which step it took, so an operator
+// knows a server was unreachable.
 func (r runner) unmount(ctx context.Context, target string) error {
 	for _, step := range []struct {
-		args []string
-		why  string
+		how     string
+		unmnt   func() error
+		quietly bool
 	}{
-		{[]string{target}, ""},
-		{[]string{"-f", target}, "forced"},
-		{[]string{"-l", target}, "lazy: the server did not answer"},
+		{"umount", func() error { _, err := run(ctx, r.unmountTimeout, "umount", target); return err }, true},
+		{"forced (umount2 MNT_FORCE)", func() error { return unix.Unmount(target, unix.MNT_FORCE) }, false},
+		{"lazy (umount2 MNT_DETACH): the server did not answer", func() error { return unix.Unmount(target, unix.MNT_DETACH) }, false},
 	} {
 		if m, err := mounted(target); err != nil {
 			return status.Errorf(codes.Internal, "read the mount table: %v", err)
 		} else if !m {
 			return nil
 		}
-		out, err := run(ctx, r.unmountTimeout, "umount", step.args...)
+		err := step.unmnt()
 		if err == nil {
-			if step.why != "" {
-				klog.InfoS("Unmounted NFS volume the hard way", "target", target, "how", step.why)
+			if !step.quietly {
+				klog.InfoS("Unmounted NFS volume the hard way", "target", target, "how", step.how)
 			}
 			return nil
 		}
-		klog.InfoS("Unmount failed; trying harder", "target", target, "step", strings.Join(step.args, " "), "error", err, "output", out)
+		klog.InfoS("Unmount failed; trying harder", "target", target, "step", step.how, "error", err)
 	}
 	if m, _ := mounted(target); m {
-		return status.Errorf(codes.Internal, "%s is still mounted after umount, umount -f and umount -l", target)
+		return status.Errorf(codes.Internal, "%s is still mounted after umount, a forced and a lazy unmount", target)
 	}
 	return nil
 }

@@ -25,7 +25,8 @@ func (c *Cluster) NFSRoot() string { return filepath.Join(c.Dir, "nfs-servers") 
 
 // InstallMonocsi installs monocsi the way a user does — `kubectl apply -k`
 // of manifests/ — through an overlay that only sets what differs here: the
-// kubelet directory, the local root, the API address, and the NFS
+// kubelet directory, the local root, the FlexVolume directory (the kubelet's
+// volumePluginDir), the API address, and the NFS
 // emulation (this kernel has no NFS; see test/nfsemu) in the pods that
 // mount shares. It waits for the node and controller pods to be ready.
 func (c *Cluster) InstallMonocsi(ctx context.Context) error {
@@ -69,6 +70,9 @@ patches:
     - {op: replace, path: /spec/template/spec/containers/0/volumeMounts/0/mountPath, value: %[2]s}
     - {op: replace, path: /spec/template/spec/volumes/0/hostPath/path, value: %[2]s}
     - {op: replace, path: /spec/template/spec/volumes/1/hostPath/path, value: %[3]s}
+    - {op: replace, path: /spec/template/spec/containers/0/env/2/value, value: %[6]s}
+    - {op: replace, path: /spec/template/spec/containers/0/volumeMounts/3/mountPath, value: %[6]s}
+    - {op: replace, path: /spec/template/spec/volumes/3/hostPath/path, value: %[6]s}
 %[4]s- target: {kind: Deployment, name: monocsi-controller}
   patch: |-
     # Only loopback networking here; two replicas on one host would also
@@ -76,7 +80,10 @@ patches:
     - {op: add, path: /spec/template/spec/hostNetwork, value: true}
     - {op: replace, path: /spec/template/spec/containers/0/args/2, value: "--http-endpoint="}
     - {op: remove, path: /spec/template/spec/containers/0/livenessProbe}
-%[5]s`, base, c.KubeletDir, c.LocalRoot(), emulation, emulation)
+    - {op: replace, path: /spec/template/spec/containers/0/env/1/value, value: %[6]s}
+    - {op: replace, path: /spec/template/spec/containers/0/volumeMounts/1/mountPath, value: %[6]s}
+    - {op: replace, path: /spec/template/spec/volumes/1/hostPath/path, value: %[6]s}
+%[5]s`, base, c.KubeletDir, c.LocalRoot(), emulation, emulation, c.FlexDir)
 	if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(k), 0o644); err != nil {
 		return err
 	}

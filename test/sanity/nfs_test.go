@@ -58,9 +58,15 @@ func (n nfsTarget) params(extra ...string) map[string]string {
 // serveNFS starts `monocsi serve --driver=nfs` and returns a connection and
 // the driver's work directory.
 func serveNFS(t *testing.T, n nfsTarget, args ...string) (*grpc.ClientConn, string) {
+	conn, work, _ := serveNFSProc(t, n, args...)
+	return conn, work
+}
+
+// serveNFSProc is serveNFS that also returns the process (for its log).
+func serveNFSProc(t *testing.T, n nfsTarget, args ...string) (*grpc.ClientConn, string, *testbin.Process) {
 	dir := t.TempDir()
 	sock, work := filepath.Join(dir, "csi.sock"), filepath.Join(dir, "work")
-	testbin.StartEnv(t, n.env, append([]string{"serve", "--driver=nfs", "--endpoint=unix://" + sock,
+	proc := testbin.StartEnv(t, n.env, append([]string{"serve", "--driver=nfs", "--endpoint=unix://" + sock,
 		"--node-id=sanity-node", "--nfs-workdir=" + work, "--v=2"}, args...)...)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -70,7 +76,7 @@ func serveNFS(t *testing.T, n nfsTarget, args ...string) (*grpc.ClientConn, stri
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return conn, work
+	return conn, work, proc
 }
 
 func TestSanityNFS(t *testing.T) {
@@ -386,14 +392,11 @@ func TestNFSDeadServer(t *testing.T) {
 		t.Skip("needs a real NFS server that the test can stop (make e2e-nfs sets MONOCSI_NFS_SERVER_STOP/START)")
 	}
 	n := nfsSetup(t)
-	conn, work := serveNFS(t, n, "--nfs-mount-timeout=6s")
+	conn, work, proc := serveNFSProc(t, n, "--nfs-mount-timeout=6s")
 	node := csi.NewNodeClient(conn)
 	ctx := context.Background()
 	target := filepath.Join(t.TempDir(), "t")
-	attrs := map[string]string{"server": n.server, "share": n.share, "mountOptions": n.mountOptions + ",timeo=10,retrans=1"}
-	if n.mountOptions == "" {
-		attrs["mountOptions"] = "timeo=10,retrans=1"
-	}
+	attrs := map[string]string{"server": n.server, "share": n.share, "mountOptions": n.mountOptions}
 	if _, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: "dead", TargetPath: target, VolumeCapability: fsCap, VolumeContext: attrs}); err != nil {
 		t.Fatal(err)
 	}
@@ -405,13 +408,19 @@ func TestNFSDeadServer(t *testing.T) {
 			t.Errorf("restart the NFS server: %v: %s", err, out)
 		}
 	}()
-	// A process touching the mount now hangs: like a pod's reader.
-	go os.ReadDir(target)
-	time.Sleep(time.Second)
+	// A pod writing now hangs (a hard mount waits for the server forever):
+	// that is the proof the server is gone, and the state unpublish must cope with.
+	wrote := make(chan error, 1)
+	go func() { wrote <- os.WriteFile(filepath.Join(target, "stuck"), []byte("x"), 0o644) }()
+	select {
+	case err := <-wrote:
+		t.Fatalf("a write with the server stopped returned at once (%v): the server is not gone", err)
+	case <-time.After(2 * time.Second):
+	}
 	began := time.Now()
 	_, err := node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "dead", TargetPath: target})
 	took := time.Since(began)
-	t.Logf("unpublish with the server stopped: %v after %s", err, took.Round(time.Millisecond))
+	t.Logf("unpublish with the server stopped and a writer stuck: %v after %s", err, took.Round(time.Millisecond))
 	if err != nil {
 		t.Errorf("NodeUnpublishVolume with the server gone: %v", err)
 	}
@@ -419,4 +428,14 @@ func TestNFSDeadServer(t *testing.T) {
 		t.Errorf("NodeUnpublishVolume took %s with the server gone", took)
 	}
 	assertNoMountsUnder(t, filepath.Dir(target), work)
+	var how []string
+	for _, line := range strings.Split(proc.Log(), "\n") {
+		if strings.Contains(line, "Unmounted NFS volume the hard way") {
+			how = append(how, line)
+		}
+	}
+	if len(how) == 0 {
+		t.Errorf("the log does not say the volume was unmounted forcibly or lazily:\n%s", proc.Log())
+	}
+	t.Logf("the driver's log: %s", strings.Join(how, "; "))
 }
