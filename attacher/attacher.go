@@ -260,13 +260,22 @@ func (a *Attacher) attach(ctx context.Context, d driver.Driver, va *storagev1.Vo
 	return nil
 }
 
-// attachFailed records the error in the status (where `kubectl describe`
-// and the attach/detach controller's events show it) and returns it for a retry.
+// attachFailed and detachFailed record the error in the status (where
+// `kubectl describe` and the attach/detach controller's events show it) and
+// return it for a retry.
 func (a *Attacher) attachFailed(ctx context.Context, va *storagev1.VolumeAttachment, cause error) error {
+	return a.failed(ctx, va, cause, func(st *storagev1.VolumeAttachmentStatus, e *storagev1.VolumeError) { st.AttachError = e })
+}
+
+func (a *Attacher) detachFailed(ctx context.Context, va *storagev1.VolumeAttachment, cause error) error {
+	return a.failed(ctx, va, cause, func(st *storagev1.VolumeAttachmentStatus, e *storagev1.VolumeError) { st.DetachError = e })
+}
+
+func (a *Attacher) failed(ctx context.Context, va *storagev1.VolumeAttachment, cause error, set func(*storagev1.VolumeAttachmentStatus, *storagev1.VolumeError)) error {
 	va = va.DeepCopy()
-	va.Status.AttachError = &storagev1.VolumeError{Time: metav1.Now(), Message: cause.Error()}
+	set(&va.Status, &storagev1.VolumeError{Time: metav1.Now(), Message: cause.Error()})
 	if _, err := a.client.StorageV1().VolumeAttachments().UpdateStatus(ctx, va, metav1.UpdateOptions{}); err != nil {
-		klog.ErrorS(err, "Cannot record the attach error", "volumeAttachment", va.Name)
+		klog.ErrorS(err, "Cannot record the error in the VolumeAttachment", "volumeAttachment", va.Name)
 	}
 	return cause
 }
@@ -317,15 +326,6 @@ func (a *Attacher) detach(ctx context.Context, d driver.Driver, va *storagev1.Vo
 	}
 	klog.InfoS("Detached", "driver", name, "volumeAttachment", va.Name, "node", va.Spec.NodeName)
 	return nil
-}
-
-func (a *Attacher) detachFailed(ctx context.Context, va *storagev1.VolumeAttachment, cause error) error {
-	va = va.DeepCopy()
-	va.Status.DetachError = &storagev1.VolumeError{Time: metav1.Now(), Message: cause.Error()}
-	if _, err := a.client.StorageV1().VolumeAttachments().UpdateStatus(ctx, va, metav1.UpdateOptions{}); err != nil {
-		klog.ErrorS(err, "Cannot record the detach error", "volumeAttachment", va.Name)
-	}
-	return cause
 }
 
 // syncPV removes the finalizer from a PV being deleted once no

@@ -192,3 +192,23 @@ func MountOptions(ctx context.Context) []string {
 	opts, _ := ctx.Value(mountOptionsKey{}).([]string)
 	return opts
 }
+
+// ControllerCapabilities is the ControllerGetCapabilities answer for rpcs.
+func ControllerCapabilities(rpcs ...csi.ControllerServiceCapability_RPC_Type) *csi.ControllerGetCapabilitiesResponse {
+	resp := &csi.ControllerGetCapabilitiesResponse{}
+	for _, c := range rpcs {
+		resp.Capabilities = append(resp.Capabilities, &csi.ControllerServiceCapability{Type: &csi.ControllerServiceCapability_Rpc{
+			Rpc: &csi.ControllerServiceCapability_RPC{Type: c}}})
+	}
+	return resp
+}
+
+// NodeCapabilities is the NodeGetCapabilities answer for rpcs.
+func NodeCapabilities(rpcs ...csi.NodeServiceCapability_RPC_Type) *csi.NodeGetCapabilitiesResponse {
+	resp := &csi.NodeGetCapabilitiesResponse{}
+	for _, c := range rpcs {
+		resp.Capabilities = append(resp.Capabilities, &csi.NodeServiceCapability{Type: &csi.NodeServiceCapability_Rpc{
+			Rpc: &csi.NodeServiceCapability_RPC{Type: c}}})
+	}
+	return resp
+}

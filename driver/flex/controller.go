@@ -166,12 +166,7 @@ func (d *Driver) ControllerGetCapabilities(context.Context, *csi.ControllerGetCa
 	if d.attach {
 		rpcs = append(rpcs, csi.ControllerServiceCapability_RPC_PUBLISH_UNPUBLISH_VOLUME)
 	}
-	var caps []*csi.ControllerServiceCapability
-	for _, c := range rpcs {
-		caps = append(caps, &csi.ControllerServiceCapability{Type: &csi.ControllerServiceCapability_Rpc{
-			Rpc: &csi.ControllerServiceCapability_RPC{Type: c}}})
-	}
-	return &csi.ControllerGetCapabilitiesResponse{Capabilities: caps}, nil
+	return driver.ControllerCapabilities(rpcs...), nil
 }
 
 // checkDevice validates a device path an executable returned: it is later

@@ -13,8 +13,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/monocsi/monocsi/test/flexsamples"
@@ -54,7 +52,9 @@ func TestFlexDrivers(t *testing.T) {
 
 	t.Run("attach", func(t *testing.T) {
 		backing := filepath.Join(tc.FlexDir, flexsamples.Dir("loopdev"), "data")
-		staticFlexClaim(t, "flex-loop", loopDriver, map[string]string{"dir": backing, "size": "32Mi"})
+		staticPV(t, "flex-loop", "32Mi", corev1.ReadWriteOnce, &corev1.CSIPersistentVolumeSource{Driver: loopDriver, VolumeHandle: "flex-loop",
+			FSType: "ext4", VolumeAttributes: map[string]string{"dir": backing, "size": "32Mi"}}, nil)
+		boundPV(t, "flex-loop")
 		writer := writerPod(t, "flex-loop-writer", "flex-loop")
 		va := attachmentOf(t, "flex-loop")
 		if !va.Status.Attached || !strings.HasPrefix(va.Status.AttachmentMetadata["device"], "/dev/loop") {
@@ -72,7 +72,7 @@ func TestFlexDrivers(t *testing.T) {
 		}
 		time.Sleep(2 * time.Second) // the writer has written
 		deletePod(t, writer.Name)
-		checkPod(t, "flex-loop-check", corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "flex-loop"}},
+		checkPod(t, "flex-loop-check", claimVolume("flex-loop"),
 			`grep -q "hello from flex-loop-writer" /data/hello`)
 		eventually(t, 2*time.Minute, "detached: VolumeAttachment gone", func() error {
 			vas, err := kube.StorageV1().VolumeAttachments().List(ctx, metav1.ListOptions{})
@@ -160,77 +160,4 @@ func loopOf(t *testing.T, file string) string {
 	}
 	dev, _, _ := strings.Cut(strings.TrimSpace(string(out)), ":")
 	return dev
-}
-
-// staticFlexClaim creates a PV of a flex driver with the given options and
-// a claim bound to it; both go at cleanup.
-func staticFlexClaim(t *testing.T, name, drv string, attrs map[string]string) {
-	t.Helper()
-	ctx := context.Background()
-	empty := ""
-	pv := &corev1.PersistentVolume{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec: corev1.PersistentVolumeSpec{
-			Capacity:                      corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("32Mi")},
-			AccessModes:                   []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
-			PersistentVolumeReclaimPolicy: corev1.PersistentVolumeReclaimRetain,
-			ClaimRef:                      &corev1.ObjectReference{Namespace: ns, Name: name},
-			PersistentVolumeSource: corev1.PersistentVolumeSource{CSI: &corev1.CSIPersistentVolumeSource{
-				Driver: drv, VolumeHandle: name, FSType: "ext4", VolumeAttributes: attrs}},
-		},
-	}
-	if _, err := kube.CoreV1().PersistentVolumes().Create(ctx, pv, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = kube.CoreV1().PersistentVolumes().Delete(ctx, name, metav1.DeleteOptions{})
-		pvGone(t, name)
-	})
-	pvc := &corev1.PersistentVolumeClaim{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-		Spec: corev1.PersistentVolumeClaimSpec{
-			AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce}, StorageClassName: &empty, VolumeName: name,
-			Resources: corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("32Mi")}},
-		},
-	}
-	if _, err := kube.CoreV1().PersistentVolumeClaims(ns).Create(ctx, pvc, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { deleteClaim(t, name) })
-	boundPV(t, name)
-}
-
-// checkPod runs script in a pod with the volume at /data and requires it to
-// succeed; the pod is deleted afterwards.
-func checkPod(t *testing.T, name string, src corev1.VolumeSource, script string) {
-	t.Helper()
-	ctx := context.Background()
-	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-		Spec: corev1.PodSpec{
-			HostNetwork: true, RestartPolicy: corev1.RestartPolicyNever,
-			Containers: []corev1.Container{{
-				Name: "check", Image: "localhost/busybox:local", ImagePullPolicy: corev1.PullNever,
-				Command: []string{"sh", "-c", script}, VolumeMounts: []corev1.VolumeMount{{Name: "data", MountPath: "/data"}},
-			}},
-			Volumes: []corev1.Volume{{Name: "data", VolumeSource: src}},
-		},
-	}
-	if _, err := kube.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	defer deletePod(t, name)
-	eventually(t, 2*time.Minute, "pod "+name+" done", func() error {
-		p, err := kube.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
-		if apierrors.IsNotFound(err) || err == nil && p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed {
-			return fmt.Errorf("phase %v; %s", p.Status.Phase, podEvents(name))
-		}
-		if err != nil {
-			return err
-		}
-		if p.Status.Phase == corev1.PodFailed {
-			t.Fatalf("pod %s failed: %s", name, podEvents(name))
-		}
-		return nil
-	})
 }

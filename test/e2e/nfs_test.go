@@ -12,7 +12,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -52,17 +51,6 @@ func nfsClass(t *testing.T, name, onDelete string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = kube.StorageV1().StorageClasses().Delete(ctx, name, metav1.DeleteOptions{}) })
-}
-
-func pvGone(t *testing.T, name string) {
-	t.Helper()
-	eventually(t, 2*time.Minute, "PV "+name+" deleted", func() error {
-		_, err := kube.CoreV1().PersistentVolumes().Get(context.Background(), name, metav1.GetOptions{})
-		if apierrors.IsNotFound(err) {
-			return nil
-		}
-		return fmt.Errorf("PV still there: %v", err)
-	})
 }
 
 // A dynamic NFS claim with a templated subDir: the directory named after
@@ -150,8 +138,9 @@ func TestNFSStaticAndInlineVolumes(t *testing.T) {
 		{"nfs-upstream", nfsServer + "#" + strings.Trim(nfsExport, "/") + "#static#", map[string]string{"server": nfsServer, "share": nfsExport, "subdir": "static"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			staticNFSClaim(t, tc.name, tc.handle, tc.attrs)
-			pod := readerPod(t, tc.name+"-reader", corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: tc.name}})
+			staticPV(t, tc.name, "1Gi", corev1.ReadWriteMany, &corev1.CSIPersistentVolumeSource{Driver: nfsDriver, VolumeHandle: tc.handle, VolumeAttributes: tc.attrs}, nil)
+			boundPV(t, tc.name)
+			pod := readerPod(t, tc.name+"-reader", claimVolume(tc.name))
 			eventually(t, 30*time.Second, "the pod read the server's file", func() error {
 				b, err := os.ReadFile(filepath.Join(static, "read-by-"+pod.Name))
 				if err == nil && string(b) != "pre-existing" {
@@ -177,82 +166,6 @@ func TestNFSStaticAndInlineVolumes(t *testing.T) {
 			t.Errorf("mounts left after the pod was deleted: %v", m)
 		}
 	})
-}
-
-// staticNFSClaim creates a PV of the nfs driver and a claim bound to it.
-func staticNFSClaim(t *testing.T, name, handle string, attrs map[string]string) {
-	t.Helper()
-	ctx := context.Background()
-	empty := ""
-	pv := &corev1.PersistentVolume{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec: corev1.PersistentVolumeSpec{
-			Capacity:                      corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")},
-			AccessModes:                   []corev1.PersistentVolumeAccessMode{corev1.ReadWriteMany},
-			PersistentVolumeReclaimPolicy: corev1.PersistentVolumeReclaimRetain,
-			MountOptions:                  []string{"nfsvers=4.1"},
-			ClaimRef:                      &corev1.ObjectReference{Namespace: ns, Name: name},
-			PersistentVolumeSource: corev1.PersistentVolumeSource{CSI: &corev1.CSIPersistentVolumeSource{
-				Driver: nfsDriver, VolumeHandle: handle, VolumeAttributes: attrs}},
-		},
-	}
-	if _, err := kube.CoreV1().PersistentVolumes().Create(ctx, pv, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = kube.CoreV1().PersistentVolumes().Delete(ctx, name, metav1.DeleteOptions{})
-		pvGone(t, name)
-	})
-	pvc := &corev1.PersistentVolumeClaim{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-		Spec: corev1.PersistentVolumeClaimSpec{
-			AccessModes:      []corev1.PersistentVolumeAccessMode{corev1.ReadWriteMany},
-			StorageClassName: &empty,
-			VolumeName:       name,
-			Resources:        corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")}},
-		},
-	}
-	if _, err := kube.CoreV1().PersistentVolumeClaims(ns).Create(ctx, pvc, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { deleteClaim(t, name) })
-	boundPV(t, name)
-}
-
-// readerPod copies /data/hello to /data/read-by-<pod name> and sleeps.
-func readerPod(t *testing.T, name string, src corev1.VolumeSource) *corev1.Pod {
-	t.Helper()
-	grace := int64(1)
-	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-		Spec: corev1.PodSpec{
-			HostNetwork:                   true,
-			TerminationGracePeriodSeconds: &grace,
-			Containers: []corev1.Container{{
-				Name: "reader", Image: "localhost/busybox:local", ImagePullPolicy: corev1.PullNever,
-				Command:      []string{"sh", "-c", "cat /data/hello > /data/read-by-" + name + "; sleep 3600"},
-				VolumeMounts: []corev1.VolumeMount{{Name: "data", MountPath: "/data"}},
-			}},
-			Volumes: []corev1.Volume{{Name: "data", VolumeSource: src}},
-		},
-	}
-	ctx := context.Background()
-	created, err := kube.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { deletePod(t, name) })
-	eventually(t, 2*time.Minute, "pod "+name+" running", func() error {
-		p, err := kube.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
-		if p.Status.Phase != corev1.PodRunning {
-			return fmt.Errorf("phase %s; %s", p.Status.Phase, podEvents(name))
-		}
-		return nil
-	})
-	return created
 }
 
 // Two controller replicas: the leader's pod is deleted in the middle of a
