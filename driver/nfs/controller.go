@@ -28,9 +28,6 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	if err := checkCapabilities(req.GetVolumeCapabilities()); err != nil {
 		return nil, err
 	}
-	if req.GetVolumeContentSource() != nil {
-		return nil, status.Error(codes.InvalidArgument, "the nfs driver cannot fill a volume from a snapshot or another volume")
-	}
 	p, err := parseParams(req.GetParameters(), true)
 	if err != nil {
 		return nil, err
@@ -58,9 +55,28 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		return nil, err
 	}
 	defer unlock()
+	src := req.GetVolumeContentSource()
 	err = d.withShare(ctx, v.server, v.share, opts, func(root *os.Root) error {
-		if err := root.MkdirAll(v.subDir, 0o777); err != nil {
-			return shareError("create", v.subDir, err)
+		if dir := path.Dir(v.subDir); dir != "." {
+			if err := root.MkdirAll(dir, 0o777); err != nil {
+				return shareError("create", dir, err)
+			}
+		}
+		_, err := root.Lstat(v.subDir)
+		switch {
+		case errors.Is(err, fs.ErrNotExist) && src != nil:
+			if err := d.populate(ctx, root, v.subDir, src); err != nil {
+				return err
+			}
+		case errors.Is(err, fs.ErrNotExist):
+			if err := root.Mkdir(v.subDir, 0o777); err != nil && !errors.Is(err, fs.ErrExist) {
+				return shareError("create", v.subDir, err)
+			}
+		case err != nil:
+			return shareError("inspect", v.subDir, err)
+		}
+		if fi, err := root.Stat(v.subDir); err != nil || !fi.IsDir() {
+			return status.Errorf(codes.AlreadyExists, "%s on the share exists and is not a directory", v.subDir)
 		}
 		if p.mountPermissions > 0 {
 			if err := root.Chmod(v.subDir, fs.FileMode(p.mountPermissions)); err != nil {
@@ -81,7 +97,7 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	}
 	// Capacity 0: a sub-directory has no size of its own; the provisioner
 	// then writes the claim's request into the PV, as with csi-driver-nfs.
-	return &csi.CreateVolumeResponse{Volume: &csi.Volume{VolumeId: v.id(), VolumeContext: vc}}, nil
+	return &csi.CreateVolumeResponse{Volume: &csi.Volume{VolumeId: v.id(), VolumeContext: vc, ContentSource: src}}, nil
 }
 
 // checkCapabilities accepts every access mode (a share is reachable from
@@ -266,5 +282,7 @@ func (d *Driver) ControllerGetCapabilities(context.Context, *csi.ControllerGetCa
 	return driver.ControllerCapabilities(
 		csi.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME,
 		csi.ControllerServiceCapability_RPC_EXPAND_VOLUME,
+		csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT,
+		csi.ControllerServiceCapability_RPC_CLONE_VOLUME,
 	), nil
 }

@@ -439,3 +439,71 @@ func TestNFSDeadServer(t *testing.T) {
 	}
 	t.Logf("the driver's log: %s", strings.Join(how, "; "))
 }
+
+// TestNFSSnapshotAndClone: a snapshot is csi-driver-nfs's archive on the
+// share; volumes restored from it or cloned from the volume hold its data.
+func TestNFSSnapshotAndClone(t *testing.T) {
+	n := nfsSetup(t)
+	conn, work := serveNFS(t, n)
+	ctl := csi.NewControllerClient(conn)
+	ctx := context.Background()
+	create := func(name string, src *csi.VolumeContentSource) *csi.Volume {
+		t.Helper()
+		resp, err := ctl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: name, Parameters: n.params(), VolumeCapabilities: []*csi.VolumeCapability{fsCap}, VolumeContentSource: src})
+		if err != nil {
+			t.Fatalf("CreateVolume %s: %v", name, err)
+		}
+		t.Cleanup(func() { ctl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: resp.GetVolume().GetVolumeId()}) })
+		return resp.GetVolume()
+	}
+	src := create("pvc-src", nil)
+	if err := os.WriteFile(filepath.Join(n.export, "pvc-src", "data"), []byte("snap me"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("data", filepath.Join(n.export, "pvc-src", "link")); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := ctl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "snap-1", SourceVolumeId: src.GetVolumeId()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := n.server + "#" + strings.Trim(n.share, "/") + "#snap-1#snap-1#pvc-src"; snap.GetSnapshot().GetSnapshotId() != want || !snap.GetSnapshot().GetReadyToUse() {
+		t.Errorf("snapshot %v; want csi-driver-nfs's handle %s, ready", snap.GetSnapshot(), want)
+	}
+	if _, err := os.Stat(filepath.Join(n.export, "snap-1", "pvc-src.tar.gz")); err != nil {
+		t.Errorf("the archive on the share: %v", err)
+	}
+	for name, cs := range map[string]*csi.VolumeContentSource{
+		"pvc-restored": {Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: snap.GetSnapshot().GetSnapshotId()}}},
+		"pvc-clone":    {Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: src.GetVolumeId()}}},
+	} {
+		create(name, cs)
+		dir := filepath.Join(n.export, name)
+		if b, err := os.ReadFile(filepath.Join(dir, "data")); err != nil || string(b) != "snap me" {
+			t.Errorf("%s: data %q, %v", name, b, err)
+		}
+		if l, err := os.Readlink(filepath.Join(dir, "link")); err != nil || l != "data" {
+			t.Errorf("%s: the symlink is %q, %v", name, l, err)
+		}
+		if fi, err := os.Stat(filepath.Join(dir, "data")); err != nil || fi.Mode().Perm() != 0o640 {
+			t.Errorf("%s: mode %v, %v; want 0640 kept", name, fi, err)
+		}
+	}
+	for _, bad := range []string{n.server + "#" + n.share + "#snap-x#snap-x#pvc-src", n.server + "#..#a#a#b", "not-a-snapshot"} {
+		_, err := ctl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "pvc-bad", Parameters: n.params(), VolumeCapabilities: []*csi.VolumeCapability{fsCap},
+			VolumeContentSource: &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: bad}}}})
+		if status.Code(err) != codes.NotFound {
+			t.Errorf("restore from %q: %v, want NotFound", bad, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(n.export, "pvc-bad")); !os.IsNotExist(err) {
+		t.Errorf("a failed restore left its directory: %v", err)
+	}
+	if _, err := ctl.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: snap.GetSnapshot().GetSnapshotId()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(n.export, "snap-1")); !os.IsNotExist(err) {
+		t.Errorf("snapshot directory left after DeleteSnapshot: %v", err)
+	}
+	assertNoMountsUnder(t, work)
+}
