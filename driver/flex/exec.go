@@ -14,6 +14,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
+
+	"github.com/monocsi/monocsi/internal/proc"
 )
 
 // reply is a FlexVolume executable's answer.
@@ -81,13 +83,15 @@ func (l *limitedBuffer) Write(p []byte) (int, error) {
 func (d *Driver) call(ctx context.Context, timeout time.Duration, args ...string) (*reply, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, d.exe, args...)
-	cmd.WaitDelay = 2 * time.Second // children that keep stdout open must not hold us
+	cmd := proc.Command(ctx, d.exe, args...)
 	stdout, stderr := &limitedBuffer{max: maxOutput}, &limitedBuffer{max: 4096}
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	cmd.Stdin = nil
 	start := time.Now()
 	runErr := cmd.Run()
+	if errors.Is(runErr, exec.ErrWaitDelay) && cmd.ProcessState.Success() {
+		runErr = nil // it answered and exited; a child it left keeps the pipe
+	}
 	op := args[0]
 	klog.V(4).InfoS("FlexVolume call", "driver", d.name, "command", op, "duration", time.Since(start), "error", runErr)
 	fail := func(c codes.Code, format string, a ...any) error {

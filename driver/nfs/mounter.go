@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"os/exec"
 	"strings"
 	"time"
 
@@ -13,6 +12,8 @@ import (
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 	mount "k8s.io/mount-utils"
+
+	"github.com/monocsi/monocsi/internal/proc"
 )
 
 // runner runs mount and umount under a deadline. An NFS server that is gone
@@ -30,8 +31,7 @@ const maxOutput = 4096
 func run(ctx context.Context, timeout time.Duration, name string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.WaitDelay = 5 * time.Second // a child that keeps the pipe open must not hold us
+	cmd := proc.Command(ctx, name, args...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()

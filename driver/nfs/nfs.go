@@ -10,9 +10,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 
 	"github.com/monocsi/monocsi/driver"
@@ -49,6 +54,8 @@ type Driver struct {
 	name, nodeID, version, workDir, onDelete string
 	run                                      runner
 	locks                                    driver.Locks
+	statMu                                   sync.Mutex
+	statting                                 map[string]bool // paths with a statfs in flight
 }
 
 var _ driver.Driver = (*Driver)(nil)
@@ -115,7 +122,10 @@ func (d *Driver) clearWorkDir() error {
 // withShare mounts server:share in a fresh working directory, runs fn with
 // the share's root opened as an os.Root (every path fn uses stays inside the
 // share, whatever symlinks the share holds), and always unmounts and removes
-// the working directory.
+// the working directory. The working mount is soft unless the options say
+// otherwise, and fn is abandoned when ctx ends (the mount is then forced
+// off, which fails its pending calls): a server that dies mid-operation
+// costs an error, not a stuck call holding the volume's lock.
 func (d *Driver) withShare(ctx context.Context, server, share string, opts []string, fn func(*os.Root) error) (err error) {
 	dir, err := os.MkdirTemp(d.workDir, "share-")
 	if err != nil {
@@ -131,13 +141,41 @@ func (d *Driver) withShare(ctx context.Context, server, share string, opts []str
 			err = internal("remove working mount point %s: %v", dir, rerr)
 		}
 	}()
-	if err := d.run.mountNFS(ctx, mountHost(server)+":"+share, dir, opts); err != nil {
+	if err := d.run.mountNFS(ctx, mountHost(server)+":"+share, dir, workingOptions(opts)); err != nil {
 		return err
 	}
 	root, err := os.OpenRoot(dir)
 	if err != nil {
 		return internal("open the share's root: %v", err)
 	}
-	defer root.Close()
-	return fn(root)
+	done := make(chan error, 1)
+	go func() { done <- fn(root) }()
+	select {
+	case err = <-done:
+		root.Close()
+		return err
+	case <-ctx.Done():
+	}
+	klog.ErrorS(ctx.Err(), "NFS server stopped answering during an operation; forcing the working mount off", "server", server, "share", share)
+	_ = unix.Unmount(dir, unix.MNT_FORCE)
+	select {
+	case <-done:
+		root.Close()
+	case <-time.After(d.run.unmountTimeout):
+		_ = unix.Unmount(dir, unix.MNT_DETACH)
+		go func() { <-done; root.Close() }()
+	}
+	return status.Errorf(codes.DeadlineExceeded, "%s:%s stopped answering during the operation (%v); is the NFS server reachable?", server, share, ctx.Err())
+}
+
+// workingOptions makes the controller's short-lived mounts soft (a call
+// fails with EIO instead of hanging when the server goes) unless the user's
+// options choose.
+func workingOptions(opts []string) []string {
+	for _, o := range opts {
+		if o == "hard" || o == "soft" {
+			return opts
+		}
+	}
+	return append(slices.Clone(opts), "soft", "timeo=50", "retrans=2")
 }

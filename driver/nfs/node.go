@@ -85,6 +85,11 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	if readOnly {
 		opts = append(opts, "ro")
 	}
+	if req.GetVolumeContext()["csi.storage.k8s.io/ephemeral"] == "true" {
+		// An inline volume's server and options are the pod author's, not
+		// an administrator's: no setuid programs or device files from it.
+		opts = append(opts, "nosuid", "nodev")
+	}
 
 	unlock, err := d.locks.TryLock(target)
 	if err != nil {
@@ -158,30 +163,54 @@ func (d *Driver) NodeGetVolumeStats(_ context.Context, req *csi.NodeGetVolumeSta
 	} else if !m {
 		return nil, status.Errorf(codes.NotFound, "volume %s is not mounted at %s", driver.Printable(id), p)
 	}
-	type result struct {
-		st  unix.Statfs_t
-		err error
-	}
-	done := make(chan result, 1) // buffered: a late answer must not block the goroutine forever
-	go func() {
-		var r result
-		r.err = unix.Statfs(p, &r.st)
-		done <- r
-	}()
-	var r result
-	select {
-	case r = <-done:
-	case <-time.After(d.run.unmountTimeout):
-		return nil, status.Errorf(codes.Unavailable, "statfs %s: no answer within %s; is the NFS server reachable?", p, d.run.unmountTimeout)
-	}
-	if r.err != nil {
-		return nil, internal("statfs %s: %v", p, r.err)
+	r, err := d.statfs(p)
+	if err != nil {
+		return nil, err
 	}
 	st, bs := r.st, r.st.Bsize
 	return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{
 		{Unit: csi.VolumeUsage_BYTES, Total: int64(st.Blocks) * bs, Available: int64(st.Bavail) * bs, Used: int64(st.Blocks-st.Bfree) * bs},
 		{Unit: csi.VolumeUsage_INODES, Total: int64(st.Files), Available: int64(st.Ffree), Used: int64(st.Files - st.Ffree)},
 	}}, nil
+}
+
+type statfsResult struct {
+	st  unix.Statfs_t
+	err error
+}
+
+// statfs asks for a mount's usage, bounded: on a dead server statfs never
+// returns, so at most one call per path is left waiting, and callers meanwhile
+// get UNAVAILABLE at once instead of stacking up stuck threads.
+func (d *Driver) statfs(p string) (statfsResult, error) {
+	d.statMu.Lock()
+	if d.statting == nil {
+		d.statting = map[string]bool{}
+	}
+	if d.statting[p] {
+		d.statMu.Unlock()
+		return statfsResult{}, status.Errorf(codes.Unavailable, "statfs %s: an earlier call has not returned; is the NFS server reachable?", p)
+	}
+	d.statting[p] = true
+	d.statMu.Unlock()
+	done := make(chan statfsResult, 1)
+	go func() {
+		var r statfsResult
+		r.err = unix.Statfs(p, &r.st)
+		d.statMu.Lock()
+		delete(d.statting, p)
+		d.statMu.Unlock()
+		done <- r
+	}()
+	select {
+	case r := <-done:
+		if r.err != nil {
+			return r, internal("statfs %s: %v", p, r.err)
+		}
+		return r, nil
+	case <-time.After(d.run.unmountTimeout):
+		return statfsResult{}, status.Errorf(codes.Unavailable, "statfs %s: no answer within %s; is the NFS server reachable?", p, d.run.unmountTimeout)
+	}
 }
 
 // NodeGetInfo returns the node ID; NFS volumes are reachable from every node.

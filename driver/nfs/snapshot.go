@@ -109,6 +109,10 @@ func (d *Driver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 			return err
 		}
 		for _, e := range entries {
+			if strings.HasPrefix(e, ".") {
+				dst.Remove(path.Join(s.name, e)) // an archive an interrupted call left half-written
+				continue
+			}
 			if e != path.Base(s.archive()) {
 				return status.Errorf(codes.AlreadyExists, "snapshot %s already exists for another volume (%s)", s.name, e)
 			}
@@ -155,8 +159,13 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequ
 	}
 	defer unlock()
 	err = d.withShare(ctx, s.server, s.share, nil, func(root *os.Root) error {
-		if err := root.RemoveAll(s.name); err != nil {
-			return shareError("remove", s.name, err)
+		// Only the archive and the then empty directory: a directory of that
+		// name holding anything else is not this snapshot's to delete.
+		if err := root.Remove(s.archive()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return shareError("remove", s.archive(), err)
+		}
+		if err := root.Remove(s.name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return status.Errorf(codes.FailedPrecondition, "snapshot directory %s holds more than the snapshot's archive; left alone: %v", s.name, err)
 		}
 		return nil
 	})
