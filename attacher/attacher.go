@@ -33,8 +33,12 @@ import (
 )
 
 // annNodeID remembers the node ID a volume was attached with, so detach
-// works when the node's CSINode is gone (external-attacher's annotation).
-const annNodeID = "csi.alpha.kubernetes.io/node-id"
+// works when the node's CSINode is gone (external-attacher's annotation);
+// annHandle the volume handle, so it works when the PV is gone.
+const (
+	annNodeID = "csi.alpha.kubernetes.io/node-id"
+	annHandle = "monocsi.io/volume-handle"
+)
 
 // Finalizer is the finalizer external-attacher puts on VolumeAttachments
 // and PVs of a driver.
@@ -51,6 +55,7 @@ type Attacher struct {
 	mu      sync.RWMutex
 	drivers map[string]driver.Driver // by CSI name
 	queue   workqueue.TypedRateLimitingInterface[string]
+	factory informers.SharedInformerFactory
 	vas     storagelisters.VolumeAttachmentLister
 	pvs     corelisters.PersistentVolumeLister
 	nodes   storagelisters.CSINodeLister
@@ -59,7 +64,10 @@ type Attacher struct {
 // New returns an attacher with no drivers; Add and Remove change them while
 // it runs (FlexVolume drivers come and go).
 func New(client kubernetes.Interface) *Attacher {
-	return &Attacher{client: client, drivers: map[string]driver.Driver{},
+	f := informers.NewSharedInformerFactory(client, 10*time.Minute)
+	return &Attacher{client: client, drivers: map[string]driver.Driver{}, factory: f,
+		vas: f.Storage().V1().VolumeAttachments().Lister(), pvs: f.Core().V1().PersistentVolumes().Lister(),
+		nodes: f.Storage().V1().CSINodes().Lister(),
 		// Retries: 1 s doubling to 5 min, as external-attacher.
 		queue: workqueue.NewTypedRateLimitingQueue(workqueue.NewTypedItemExponentialFailureRateLimiter[string](time.Second, 5*time.Minute))}
 }
@@ -72,10 +80,13 @@ func (a *Attacher) Add(name string, d driver.Driver) {
 	a.resync()
 }
 
-// Remove stops serving a driver; its attachments stay as they are.
-func (a *Attacher) Remove(name string) {
+// Remove stops serving a driver, unless another instance of it was added
+// since; its attachments stay as they are.
+func (a *Attacher) Remove(name string, d driver.Driver) {
 	a.mu.Lock()
-	delete(a.drivers, name)
+	if a.drivers[name] == d {
+		delete(a.drivers, name)
+	}
 	a.mu.Unlock()
 }
 
@@ -85,11 +96,9 @@ func (a *Attacher) driver(name string) driver.Driver {
 	return a.drivers[name]
 }
 
-// resync queues every VolumeAttachment (a driver was added).
+// resync queues every VolumeAttachment in the cache (a driver was added;
+// before the cache is filled its events queue them anyway).
 func (a *Attacher) resync() {
-	if a.vas == nil {
-		return
-	}
 	vas, _ := a.vas.List(everything)
 	for _, va := range vas {
 		a.queue.Add(va.Name)
@@ -98,10 +107,8 @@ func (a *Attacher) resync() {
 
 // Run watches VolumeAttachments, PVs and CSINodes until ctx is done.
 func (a *Attacher) Run(ctx context.Context, workers int) error {
-	f := informers.NewSharedInformerFactory(a.client, 10*time.Minute)
+	f := a.factory
 	vaInf, pvInf := f.Storage().V1().VolumeAttachments(), f.Core().V1().PersistentVolumes()
-	a.vas, a.pvs, a.nodes = vaInf.Lister(), pvInf.Lister(), f.Storage().V1().CSINodes().Lister()
-	f.Storage().V1().CSINodes().Informer()
 	enqueue := func(obj any) {
 		if va, ok := obj.(*storagev1.VolumeAttachment); ok {
 			a.queue.Add(va.Name)
@@ -206,7 +213,10 @@ func (a *Attacher) attach(ctx context.Context, d driver.Driver, va *storagev1.Vo
 	if pv.Spec.CSI == nil || pv.Spec.CSI.Driver != name {
 		return a.attachFailed(ctx, va, fmt.Errorf("PersistentVolume %s is not a volume of %s", pv.Name, name))
 	}
-	if pv.DeletionTimestamp == nil && !slices.Contains(pv.Finalizers, fin) {
+	if pv.DeletionTimestamp != nil {
+		return a.attachFailed(ctx, va, fmt.Errorf("PersistentVolume %s is being deleted", pv.Name))
+	}
+	if !slices.Contains(pv.Finalizers, fin) {
 		pv = pv.DeepCopy()
 		pv.Finalizers = append(pv.Finalizers, fin)
 		if _, err := a.client.CoreV1().PersistentVolumes().Update(ctx, pv, metav1.UpdateOptions{}); err != nil {
@@ -217,7 +227,8 @@ func (a *Attacher) attach(ctx context.Context, d driver.Driver, va *storagev1.Vo
 	if err != nil {
 		return a.attachFailed(ctx, va, err)
 	}
-	if !slices.Contains(va.Finalizers, fin) || va.Annotations[annNodeID] != nodeID {
+	handle := pv.Spec.CSI.VolumeHandle
+	if !slices.Contains(va.Finalizers, fin) || va.Annotations[annNodeID] != nodeID || va.Annotations[annHandle] != handle {
 		va = va.DeepCopy()
 		if !slices.Contains(va.Finalizers, fin) {
 			va.Finalizers = append(va.Finalizers, fin)
@@ -226,6 +237,7 @@ func (a *Attacher) attach(ctx context.Context, d driver.Driver, va *storagev1.Vo
 			va.Annotations = map[string]string{}
 		}
 		va.Annotations[annNodeID] = nodeID
+		va.Annotations[annHandle] = handle
 		if va, err = a.client.StorageV1().VolumeAttachments().Update(ctx, va, metav1.UpdateOptions{}); err != nil {
 			return err
 		}
@@ -294,15 +306,20 @@ func (a *Attacher) detach(ctx context.Context, d driver.Driver, va *storagev1.Vo
 				return a.detachFailed(ctx, va, err)
 			}
 		}
-		handle, secrets := "", map[string]string(nil)
+		// The PV, when it is still there, for its secrets; the handle
+		// recorded at attach otherwise.
+		handle, secrets := va.Annotations[annHandle], map[string]string(nil)
 		if n := va.Spec.Source.PersistentVolumeName; n != nil {
 			pv, err := a.pvs.Get(*n)
-			if err != nil {
-				return a.detachFailed(ctx, va, fmt.Errorf("PersistentVolume %s: %w", *n, err))
-			}
-			handle = pv.Spec.CSI.VolumeHandle
-			if secrets, err = a.secrets(ctx, pv.Spec.CSI.ControllerPublishSecretRef); err != nil {
-				return a.detachFailed(ctx, va, err)
+			switch {
+			case err == nil && pv.Spec.CSI != nil:
+				handle = pv.Spec.CSI.VolumeHandle
+				if secrets, err = a.secrets(ctx, pv.Spec.CSI.ControllerPublishSecretRef); err != nil {
+					return a.detachFailed(ctx, va, err)
+				}
+			case apierrors.IsNotFound(err) && handle != "":
+			default:
+				return a.detachFailed(ctx, va, fmt.Errorf("PersistentVolume %s: %v, and no volume handle was recorded at attach", *n, err))
 			}
 		}
 		cctx, cancel := context.WithTimeout(ctx, Timeout)

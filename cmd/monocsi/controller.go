@@ -98,7 +98,7 @@ func runController(ctx context.Context, args []string) error {
 				}
 				att.Add(name, d)
 				<-ctx.Done()
-				att.Remove(name)
+				att.Remove(name, d)
 			})
 		})
 		g.Go(func() error { return provisioner.Run(ctx, client, provs, reg) })

@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"k8s.io/client-go/kubernetes"
@@ -42,49 +45,104 @@ func (f *flexFlags) csiName(dir string) (string, error) {
 	return flex.CSIName(dir)
 }
 
+// flexInstance is one running FlexVolume driver.
+type flexInstance struct {
+	name   string
+	cancel context.CancelFunc
+	done   chan struct{} // closed when it has stopped completely
+	failed atomic.Bool   // init failed: it is tried again at the next rescan
+}
+
+// exeKey identifies an executable's file, so one replaced in place (an
+// upgrade) is a new driver whose init is asked again.
+func exeKey(exe string) (string, error) {
+	fi, err := os.Stat(exe)
+	if err != nil {
+		return "", err
+	}
+	var ino uint64
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		ino = st.Ino
+	}
+	return fmt.Sprintf("%s|%d|%d|%d", exe, ino, fi.ModTime().UnixNano(), fi.Size()), nil
+}
+
 // watch runs start for every FlexVolume executable found in the directory,
-// with a context that ends when the executable is removed, until ctx ends.
-// A driver whose init fails is tried again at the next rescan.
+// with a context that ends when the executable is removed or replaced, until
+// ctx ends. start must return only once everything it started has stopped.
+// A driver whose init fails is tried again at the next rescan; init runs in
+// the driver's own goroutine, so a hanging one holds up no other driver.
 func (f *flexFlags) watch(ctx context.Context, nodeID string, start func(ctx context.Context, name string, d *flex.Driver)) error {
 	if f.dir == "" {
 		return nil
 	}
-	running := map[string]context.CancelFunc{} // by executable path
+	running := map[string]*flexInstance{} // by exeKey; only the watch goroutine touches it
 	defer func() {
-		for _, cancel := range running {
-			cancel()
+		for _, inst := range running {
+			inst.cancel()
+			<-inst.done
 		}
 	}()
 	onFound := func(found map[string]string) {
-		present := map[string]bool{}
-		for _, exe := range found {
-			present[exe] = true
-		}
-		for exe, cancel := range running {
-			if !present[exe] {
-				klog.InfoS("FlexVolume driver removed", "executable", exe)
-				cancel()
-				delete(running, exe)
+		present := map[string]string{} // exeKey → driver directory
+		for dir, exe := range found {
+			if key, err := exeKey(exe); err == nil {
+				present[key] = dir
 			}
 		}
-		for dir, exe := range found {
-			if running[exe] != nil {
+		var stopping []*flexInstance
+		for key, inst := range running {
+			failed := inst.failed.Load()
+			if _, ok := present[key]; ok && !failed {
+				continue
+			}
+			if !failed {
+				klog.InfoS("FlexVolume driver removed or replaced", "driver", inst.name)
+			}
+			inst.cancel()
+			stopping = append(stopping, inst)
+			delete(running, key)
+		}
+		names := map[string]bool{}
+		for _, inst := range running {
+			names[inst.name] = true
+		}
+		for key, dir := range present {
+			if running[key] != nil {
 				continue
 			}
 			name, err := f.csiName(dir)
 			if err != nil {
-				klog.ErrorS(err, "FlexVolume driver skipped", "executable", exe)
+				klog.ErrorS(err, "FlexVolume driver skipped", "dir", dir)
 				continue
 			}
-			d, err := flex.New(ctx, flex.Config{Name: name, Exe: exe, NodeID: nodeID, Timeout: f.timeout, Version: version.Version})
-			if err != nil {
-				klog.ErrorS(err, "FlexVolume driver not usable yet; retrying at the next rescan", "executable", exe)
+			if names[name] {
+				klog.ErrorS(nil, "Two FlexVolume directories map to one CSI driver name; skipped (see --flex-driver-names)", "dir", dir, "driver", name)
 				continue
 			}
-			klog.InfoS("FlexVolume driver found", "driver", name, "executable", exe, "attach", d.Attach())
+			// The same driver stopping must be gone first: it removes its
+			// sockets, which are the new one's.
+			for _, old := range stopping {
+				if old.name == name {
+					<-old.done
+				}
+			}
+			names[name] = true
 			cctx, cancel := context.WithCancel(ctx)
-			running[exe] = cancel
-			go start(cctx, name, d)
+			inst := &flexInstance{name: name, cancel: cancel, done: make(chan struct{})}
+			running[key] = inst
+			exe := found[dir]
+			go func() {
+				defer close(inst.done)
+				d, err := flex.New(cctx, flex.Config{Name: name, Exe: exe, NodeID: nodeID, Timeout: f.timeout, Version: version.Version})
+				if err != nil {
+					inst.failed.Store(true)
+					klog.ErrorS(err, "FlexVolume driver not usable yet; retrying at the next rescan", "executable", exe)
+					return
+				}
+				klog.InfoS("FlexVolume driver found", "driver", name, "executable", exe, "attach", d.Attach())
+				start(cctx, name, d)
+			}()
 		}
 	}
 	// A directory that cannot be watched (not mounted into the pod, say) must
@@ -103,14 +161,17 @@ func (f *flexFlags) watch(ctx context.Context, nodeID string, start func(ctx con
 
 // serveFlexNode serves a FlexVolume driver to the kubelet: its CSI socket, its
 // registration, and its CSIDriver object (attachRequired from init), until
-// ctx ends, when the sockets go and the kubelet forgets the driver.
+// ctx ends; it returns when the sockets are gone and the kubelet forgets
+// the driver.
 func serveFlexNode(ctx context.Context, kubeletDir string, client kubernetes.Interface, name string, d *flex.Driver) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	sock := nodeplugin.SocketPath(kubeletDir, name)
-	go func() {
+	wg.Go(func() {
 		if err := nodeplugin.Serve(ctx, sock, name, d, false); err != nil {
 			klog.ErrorS(err, "FlexVolume driver socket failed", "driver", name)
 		}
-	}()
+	})
 	// Register once the socket is there: the kubelet connects right away.
 	for i := 0; i < 100 && ctx.Err() == nil; i++ {
 		if _, err := os.Stat(sock); err == nil {
@@ -120,18 +181,15 @@ func serveFlexNode(ctx context.Context, kubeletDir string, client kubernetes.Int
 	}
 	reg := &registrar.Registrar{Driver: name, Endpoint: sock, Socket: registrar.SocketPath(kubeletDir, name),
 		OnFailure: func(err error) { klog.ErrorS(err, "The kubelet rejected a FlexVolume driver", "driver", name) }}
-	go func() {
+	wg.Go(func() {
 		if err := reg.Run(ctx); err != nil {
 			klog.ErrorS(err, "FlexVolume driver registration failed", "driver", name)
 		}
-	}()
-	if client == nil {
-		return
-	}
-	for wait := time.Second; ctx.Err() == nil; wait = min(2*wait, time.Minute) {
+	})
+	for wait := time.Second; client != nil && ctx.Err() == nil; wait = min(2*wait, time.Minute) {
 		err := csidriver.Ensure(ctx, client, name, d.Declare())
 		if err == nil {
-			return
+			break
 		}
 		klog.ErrorS(err, "Cannot write the CSIDriver object of a FlexVolume driver; retrying", "driver", name, "in", wait)
 		select {
@@ -139,6 +197,7 @@ func serveFlexNode(ctx context.Context, kubeletDir string, client kubernetes.Int
 		case <-time.After(wait):
 		}
 	}
+	<-ctx.Done()
 }
 
 // plugin is one FlexVolume driver of the directory, for `monocsi serve`.

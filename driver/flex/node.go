@@ -105,7 +105,7 @@ func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolu
 		return nil, err
 	}
 	defer unlock()
-	if m, err := d.isMountPoint(staging); err != nil || !m {
+	if m, err := d.unmountState(staging); err != nil || !m {
 		return &csi.NodeUnstageVolumeResponse{}, err
 	}
 	if _, err := d.call(ctx, d.timeout, "unmountdevice", staging); err != nil && err != errNotSupported {
@@ -206,7 +206,7 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 		return nil, err
 	}
 	defer unlock()
-	m, err := d.isMountPoint(target)
+	m, err := d.unmountState(target)
 	if err != nil {
 		return nil, err
 	}
@@ -228,7 +228,7 @@ func (d *Driver) cleanup(p string, remove bool) error {
 		return nil
 	}
 	for {
-		m, err := d.isMountPoint(p)
+		m, err := d.unmountState(p)
 		if err != nil || !m {
 			return err
 		}
@@ -238,15 +238,32 @@ func (d *Driver) cleanup(p string, remove bool) error {
 	}
 }
 
+// isMountPoint reports whether p is a mount point. A broken one (its FUSE
+// daemon or server gone) counts as mounted: it is still to be unmounted, and
+// it is not a healthy mount to publish again (errBroken).
 func (d *Driver) isMountPoint(p string) (bool, error) {
 	m, err := d.mounter.IsMountPoint(p)
-	if errors.Is(err, os.ErrNotExist) {
+	switch {
+	case errors.Is(err, os.ErrNotExist):
 		return false, nil
-	}
-	if err != nil {
+	case mount.IsCorruptedMnt(err):
+		return true, errBroken
+	case err != nil:
 		return false, status.Errorf(codes.Internal, "check mount point %s: %v", p, err)
 	}
 	return m, nil
+}
+
+var errBroken = status.Error(codes.FailedPrecondition, "the mount is broken (its daemon or server is gone): unpublish it first")
+
+// unmountState is isMountPoint for the unmount paths, where a broken mount
+// is simply one to unmount.
+func (d *Driver) unmountState(p string) (bool, error) {
+	m, err := d.isMountPoint(p)
+	if err == errBroken {
+		return true, nil
+	}
+	return m, err
 }
 
 // mustBeMounted checks an executable's Success: it must have mounted there.
