@@ -80,6 +80,8 @@ func (f *flexFlags) watch(ctx context.Context, nodeID string, start func(ctx con
 	defer func() {
 		for _, inst := range running {
 			inst.cancel()
+		}
+		for _, inst := range running {
 			<-inst.done
 		}
 	}()
