@@ -212,3 +212,13 @@ func NodeCapabilities(rpcs ...csi.NodeServiceCapability_RPC_Type) *csi.NodeGetCa
 	}
 	return resp
 }
+
+// ReadOnly reports whether a volume is to be mounted read-only: asked for,
+// or a reader-only access mode.
+func ReadOnly(vc *csi.VolumeCapability, readonly bool) bool {
+	switch vc.GetAccessMode().GetMode() {
+	case csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY, csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY:
+		return true
+	}
+	return readonly
+}

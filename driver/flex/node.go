@@ -38,8 +38,7 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if err := checkDevice(d.name, "attach", device); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "publish context: %s", status.Convert(err).Message())
 	}
-	readOnly := vc.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY ||
-		vc.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY
+	readOnly := driver.ReadOnly(vc, false)
 	opts, err := options(id, req.GetVolumeContext(), vc, readOnly, req.GetSecrets())
 	if err != nil {
 		return nil, err
@@ -136,8 +135,7 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 			return nil, err
 		}
 	}
-	readOnly := req.GetReadonly() || vc.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY ||
-		vc.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY
+	readOnly := driver.ReadOnly(vc, req.GetReadonly())
 	opts, err := options(id, req.GetVolumeContext(), vc, readOnly, req.GetSecrets())
 	if err != nil {
 		return nil, err

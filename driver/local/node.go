@@ -38,7 +38,7 @@ func (d *Driver) NodePublishVolume(_ context.Context, req *csi.NodePublishVolume
 			return nil, status.Errorf(codes.InvalidArgument, "mount flag %q is not a single mount option", f)
 		}
 	}
-	readOnly := req.GetReadonly() || vc.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY
+	readOnly := driver.ReadOnly(vc, req.GetReadonly())
 
 	unlock, err := d.locks.TryLock(id)
 	if err != nil {

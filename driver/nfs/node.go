@@ -80,8 +80,7 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	if err := checkOptions(opts); err != nil {
 		return nil, err
 	}
-	readOnly := req.GetReadonly() || vc.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY ||
-		vc.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY
+	readOnly := driver.ReadOnly(vc, req.GetReadonly())
 	if readOnly {
 		opts = append(opts, "ro")
 	}
