@@ -88,17 +88,21 @@ func (d *Driver) call(ctx context.Context, timeout time.Duration, args ...string
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	cmd.Stdin = nil
 	start := time.Now()
-	runErr := cmd.Run()
-	if errors.Is(runErr, exec.ErrWaitDelay) && cmd.ProcessState.Success() {
-		runErr = nil // it answered and exited; a child it left keeps the pipe
-	}
+	runErr := proc.Run(ctx, cmd)
 	op := args[0]
 	klog.V(4).InfoS("FlexVolume call", "driver", d.name, "command", op, "duration", time.Since(start), "error", runErr)
 	fail := func(c codes.Code, format string, a ...any) error {
 		return status.Errorf(c, "flex driver %s: %s: %s", d.name, op, fmt.Sprintf(format, a...))
 	}
-	if ctx.Err() == context.DeadlineExceeded {
-		return nil, fail(codes.DeadlineExceeded, "no answer within %s", timeout)
+	if ctx.Err() != nil {
+		// Checked first: an unkillable command may still write its output.
+		if ctx.Err() == context.DeadlineExceeded {
+			return nil, fail(codes.DeadlineExceeded, "no answer within %s", timeout)
+		}
+		return nil, fail(codes.Canceled, "%v", ctx.Err())
+	}
+	if errors.Is(runErr, exec.ErrWaitDelay) && cmd.ProcessState.Success() {
+		runErr = nil // it answered and exited; a child it left keeps the pipe
 	}
 	if stdout.overflow {
 		return nil, fail(codes.Internal, "output exceeds %d bytes", maxOutput)

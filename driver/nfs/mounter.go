@@ -34,13 +34,13 @@ func run(ctx context.Context, timeout time.Duration, name string, args ...string
 	cmd := proc.Command(ctx, name, args...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
+	err := proc.Run(ctx, cmd)
+	if ctx.Err() != nil {
+		return "", context.DeadlineExceeded // the output may still be written to: leave it
+	}
 	msg := strings.TrimSpace(out.String())
 	if len(msg) > maxOutput {
 		msg = msg[:maxOutput] + "..."
-	}
-	if ctx.Err() != nil {
-		return msg, context.DeadlineExceeded
 	}
 	if err != nil {
 		return msg, errors.New(msg + " (" + err.Error() + ")")

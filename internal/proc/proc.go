@@ -6,6 +6,7 @@ package proc
 
 import (
 	"context"
+	"errors"
 	"os/exec"
 	"syscall"
 	"time"
@@ -20,3 +21,30 @@ func Command(ctx context.Context, name string, args ...string) *exec.Cmd {
 	cmd.WaitDelay = 2 * time.Second
 	return cmd
 }
+
+// Run runs cmd and waits for it, but no longer than a grace period after
+// ctx ends: a process stuck in uninterruptible sleep (in the kernel, on a
+// dead NFS server) cannot be killed, and the caller must still get its
+// answer. The waiter stays behind until the process does exit.
+func Run(ctx context.Context, cmd *exec.Cmd) error {
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+	}
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(5 * time.Second):
+		return ErrUnkillable
+	}
+}
+
+// ErrUnkillable is Run's error for a command that outlived its deadline
+// and could not be killed.
+var ErrUnkillable = errors.New("the command did not end when killed (stuck in the kernel)")

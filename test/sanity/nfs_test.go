@@ -418,7 +418,9 @@ func TestNFSDeadServer(t *testing.T) {
 	case <-time.After(2 * time.Second):
 	}
 	began := time.Now()
-	_, err := node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "dead", TargetPath: target})
+	uctx, cancel := context.WithTimeout(ctx, time.Minute) // a hang fails the test with the driver's log
+	defer cancel()
+	_, err := node.NodeUnpublishVolume(uctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "dead", TargetPath: target})
 	took := time.Since(began)
 	t.Logf("unpublish with the server stopped and a writer stuck: %v after %s", err, took.Round(time.Millisecond))
 	if err != nil {
