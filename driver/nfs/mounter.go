@@ -91,8 +91,8 @@ func (r runner) unmount(ctx context.Context, target string) error {
 		quietly bool
 	}{
 		{"umount", func() error { _, err := run(ctx, r.unmountTimeout, "umount", target); return err }, true},
-		{"forced (umount2 MNT_FORCE)", func() error { return unix.Unmount(target, unix.MNT_FORCE) }, false},
-		{"lazy (umount2 MNT_DETACH): the server did not answer", func() error { return unix.Unmount(target, unix.MNT_DETACH) }, false},
+		{"forced (umount2 MNT_FORCE)", func() error { return r.bounded(func() error { return unix.Unmount(target, unix.MNT_FORCE) }) }, false},
+		{"lazy (umount2 MNT_DETACH): the server did not answer", func() error { return r.bounded(func() error { return unix.Unmount(target, unix.MNT_DETACH) }) }, false},
 	} {
 		if m, err := mounted(target); err != nil {
 			return status.Errorf(codes.Internal, "read the mount table: %v", err)
@@ -100,16 +100,36 @@ func (r runner) unmount(ctx context.Context, target string) error {
 			return nil
 		}
 		err := step.unmnt()
-		if err == nil {
-			if !step.quietly {
-				klog.InfoS("Unmounted NFS volume the hard way", "target", target, "how", step.how)
+		if err != nil {
+			if m, _ := mounted(target); m {
+				klog.InfoS("Unmount failed; trying harder", "target", target, "step", step.how, "error", err)
+				continue
 			}
-			return nil
 		}
-		klog.InfoS("Unmount failed; trying harder", "target", target, "step", step.how, "error", err)
+		// Gone from the table, even if the system call is still closing
+		// the connection to a dead server.
+		if !step.quietly {
+			klog.InfoS("Unmounted NFS volume the hard way", "target", target, "how", step.how, "callStillRunning", err != nil)
+		}
+		return nil
 	}
 	if m, _ := mounted(target); m {
 		return status.Errorf(codes.Internal, "%s is still mounted after umount, a forced and a lazy unmount", target)
 	}
 	return nil
+}
+
+// bounded waits for an unmount system call no longer than a step's timeout.
+// The kernel may keep the call for a minute after the mount is gone from the
+// table (its last reference tears down the connection to the dead server);
+// the caller then checks the table, and the goroutine ends with the call.
+func (r runner) bounded(unmount func() error) error {
+	done := make(chan error, 1)
+	go func() { done <- unmount() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(r.unmountTimeout):
+		return errors.New("umount2 did not return in time; the mount table tells whether it took effect")
+	}
 }
