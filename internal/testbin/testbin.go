@@ -72,6 +72,9 @@ func StartEnv(t testing.TB, env []string, args ...string) *Process {
 	t.Helper()
 	p := &Process{cmd: exec.Command(Build(t), args...), log: &syncWriter{w: &bytes.Buffer{}}, exited: make(chan struct{})}
 	p.cmd.Env = append(os.Environ(), env...)
+	// Ends with the test process even when that dies without its cleanup
+	// (a panic, a timeout): no orphaned monocsi left holding mounts.
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
