@@ -115,7 +115,7 @@ func (a *Attacher) Run(ctx context.Context, workers int) error {
 		}
 	}
 	if _, err := vaInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: enqueue, UpdateFunc: func(_, o any) { enqueue(o) }, DeleteFunc: func(o any) { a.pvsOf(o) },
+		AddFunc: enqueue, UpdateFunc: func(_, o any) { enqueue(o) }, DeleteFunc: a.queuePVOf,
 	}); err != nil {
 		return err
 	}
@@ -148,7 +148,9 @@ func (a *Attacher) queuePV(obj any) {
 	}
 }
 
-func (a *Attacher) pvsOf(obj any) {
+// queuePVOf queues the PV of a deleted VolumeAttachment: it may now lose
+// our finalizer.
+func (a *Attacher) queuePVOf(obj any) {
 	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		obj = t.Obj
 	}

@@ -83,6 +83,34 @@ func Printable(s string) string {
 	return s
 }
 
+// CheckText refuses an empty or over-long value, or one holding a control
+// character: none can be a name or path a driver hands on, and a newline
+// would corrupt the mount table.
+func CheckText(what, s string, limit int) error {
+	if s == "" {
+		return status.Errorf(codes.InvalidArgument, "%s is required", what)
+	}
+	if len(s) > limit {
+		return status.Errorf(codes.InvalidArgument, "%s is %d bytes long, the limit is %d", what, len(s), limit)
+	}
+	if strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return status.Errorf(codes.InvalidArgument, "%s %q contains a control character", what, Printable(s))
+	}
+	return nil
+}
+
+// CheckMountCapability rejects a malformed capability and block access:
+// why says why the driver has only filesystems.
+func CheckMountCapability(c *csi.VolumeCapability, why string) error {
+	if err := CheckCapability(c); err != nil {
+		return err
+	}
+	if c.GetBlock() != nil {
+		return status.Errorf(codes.InvalidArgument, "block volumes are not supported: %s", why)
+	}
+	return nil
+}
+
 // SingleNodeModes reports whether every capability asks for an access mode a
 // volume living on one node can honour; the returned message names the first
 // one that cannot.

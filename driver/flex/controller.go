@@ -71,15 +71,7 @@ func (d *Driver) known(id string, attrs map[string]string) error {
 	return status.Errorf(codes.NotFound, "volume %q has no options (volume attributes): it is not a volume of this FlexVolume driver", driver.Printable(id))
 }
 
-func checkVolumeID(id string) error {
-	if id == "" {
-		return status.Error(codes.InvalidArgument, "volume ID is required")
-	}
-	if len(id) > 1024 || strings.ContainsFunc(id, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
-		return status.Errorf(codes.InvalidArgument, "volume ID %q is too long or holds control characters", driver.Printable(id))
-	}
-	return nil
-}
+func checkVolumeID(id string) error { return driver.CheckText("volume ID", id, 1024) }
 
 // ControllerPublishVolume runs attach and hands the device to the node in
 // the publish context.

@@ -58,25 +58,6 @@ var errNotSupported = errors.New("not supported")
 // object, and a runaway one must not fill the process's memory.
 const maxOutput = 64 << 10
 
-// limitedBuffer keeps the first max bytes and notes that more came.
-type limitedBuffer struct {
-	buf      bytes.Buffer
-	max      int
-	overflow bool
-}
-
-func (l *limitedBuffer) Write(p []byte) (int, error) {
-	room := l.max - l.buf.Len()
-	if len(p) > room {
-		l.overflow = true
-		if room > 0 {
-			l.buf.Write(p[:room])
-		}
-		return len(p), nil // keep draining: a blocked writer would hang the executable
-	}
-	return l.buf.Write(p)
-}
-
 // call runs the executable with a command and its arguments under timeout
 // and returns its Success reply; every other outcome is a gRPC error naming
 // the driver and the command, or errNotSupported.
@@ -84,7 +65,7 @@ func (d *Driver) call(ctx context.Context, timeout time.Duration, args ...string
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	cmd := proc.Command(ctx, d.exe, args...)
-	stdout, stderr := &limitedBuffer{max: maxOutput}, &limitedBuffer{max: 4096}
+	stdout, stderr := &proc.Buffer{Max: maxOutput}, &proc.Buffer{Max: 4096}
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	cmd.Stdin = nil
 	start := time.Now()
@@ -104,20 +85,20 @@ func (d *Driver) call(ctx context.Context, timeout time.Duration, args ...string
 	if errors.Is(runErr, exec.ErrWaitDelay) && cmd.ProcessState.Success() {
 		runErr = nil // it answered and exited; a child it left keeps the pipe
 	}
-	if stdout.overflow {
+	if stdout.Overflow {
 		return nil, fail(codes.Internal, "output exceeds %d bytes", maxOutput)
 	}
 	var r reply
-	dec := json.NewDecoder(bytes.NewReader(stdout.buf.Bytes()))
+	dec := json.NewDecoder(bytes.NewReader(stdout.Bytes()))
 	if err := dec.Decode(&r); err != nil {
-		detail := strings.TrimSpace(stdout.buf.String() + " " + stderr.buf.String())
+		detail := strings.TrimSpace(stdout.String() + " " + stderr.String())
 		if runErr != nil {
 			return nil, fail(codes.Internal, "%v: %s", runErr, clip(detail))
 		}
 		return nil, fail(codes.Internal, "reply is not JSON (%v): %s", err, clip(detail))
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		return nil, fail(codes.Internal, "reply has more than one JSON value: %s", clip(stdout.buf.String()))
+		return nil, fail(codes.Internal, "reply has more than one JSON value: %s", clip(stdout.String()))
 	}
 	switch r.Status {
 	case statusSuccess:

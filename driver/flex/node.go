@@ -22,17 +22,8 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 		return nil, status.Errorf(codes.Unimplemented, "flex driver %s does not attach: nothing to stage", d.name)
 	}
 	id, staging, vc := req.GetVolumeId(), req.GetStagingTargetPath(), req.GetVolumeCapability()
-	if err := checkVolumeID(id); err != nil {
+	if err := checkMountRequest(id, "staging target path", staging, vc); err != nil {
 		return nil, err
-	}
-	if err := driver.CheckHostPath("staging target path", staging); err != nil {
-		return nil, err
-	}
-	if err := driver.CheckCapability(vc); err != nil {
-		return nil, err
-	}
-	if vc.GetBlock() != nil {
-		return nil, status.Error(codes.InvalidArgument, "block volumes are not supported by FlexVolume drivers")
 	}
 	device := req.GetPublishContext()["device"]
 	if err := checkDevice(d.name, "attach", device); err != nil {
@@ -87,6 +78,17 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	return &csi.NodeStageVolumeResponse{}, d.mustBeMounted("mountdevice", staging)
 }
 
+// checkMountRequest validates what staging and publishing share.
+func checkMountRequest(id, what, p string, vc *csi.VolumeCapability) error {
+	if err := checkVolumeID(id); err != nil {
+		return err
+	}
+	if err := driver.CheckHostPath(what, p); err != nil {
+		return err
+	}
+	return driver.CheckMountCapability(vc, "FlexVolume drivers mount filesystems")
+}
+
 // NodeUnstageVolume runs unmountdevice ("Not supported": a plain unmount).
 func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
 	if !d.attach {
@@ -117,17 +119,8 @@ func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolu
 // device; the others run mount, which must leave a mount at the target.
 func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
 	id, target, vc := req.GetVolumeId(), req.GetTargetPath(), req.GetVolumeCapability()
-	if err := checkVolumeID(id); err != nil {
+	if err := checkMountRequest(id, "target path", target, vc); err != nil {
 		return nil, err
-	}
-	if err := driver.CheckHostPath("target path", target); err != nil {
-		return nil, err
-	}
-	if err := driver.CheckCapability(vc); err != nil {
-		return nil, err
-	}
-	if vc.GetBlock() != nil {
-		return nil, status.Error(codes.InvalidArgument, "block volumes are not supported by FlexVolume drivers")
 	}
 	staging := req.GetStagingTargetPath()
 	if d.attach {

@@ -103,12 +103,12 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 // checkCapabilities accepts every access mode (a share is reachable from
 // every node) but only filesystem volumes.
 func checkCapabilities(caps []*csi.VolumeCapability) error {
-	if err := driver.CheckCapabilities(caps); err != nil {
-		return err
+	if len(caps) == 0 {
+		return driver.CheckCapabilities(caps)
 	}
 	for _, c := range caps {
-		if c.GetBlock() != nil {
-			return status.Error(codes.InvalidArgument, "block volumes are not supported by the nfs driver: its volumes are directories")
+		if err := driver.CheckMountCapability(c, "nfs volumes are directories"); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -221,8 +221,8 @@ func internal(format string, args ...any) error {
 	return status.Errorf(codes.Internal, format, args...)
 }
 
-// errorsJoin keeps the first error (the one the caller should see).
-func errorsJoin(first, second error) error {
+// firstErr keeps the first error (the one the caller should see).
+func firstErr(first, second error) error {
 	if first != nil {
 		return first
 	}
@@ -240,17 +240,8 @@ func (d *Driver) ValidateVolumeCapabilities(ctx context.Context, req *csi.Valida
 		return nil, err
 	}
 	err = d.withShare(ctx, v.server, v.share, nil, func(root *os.Root) error {
-		fi, err := root.Stat(v.subDir)
-		if errors.Is(err, fs.ErrNotExist) {
-			return status.Errorf(codes.NotFound, "volume %s: %s does not exist on %s:%s", req.GetVolumeId(), v.subDir, v.server, v.share)
-		}
-		if err != nil {
-			return shareError("inspect", v.subDir, err)
-		}
-		if !fi.IsDir() {
-			return status.Errorf(codes.NotFound, "volume %s: %s on the share is not a directory", req.GetVolumeId(), v.subDir)
-		}
-		return nil
+		_, err := volumeDir(root, v.subDir, req.GetVolumeId())
+		return err
 	})
 	if err != nil {
 		return nil, err

@@ -53,7 +53,7 @@ var legacyHandle = regexp.MustCompile(`^([^/]+)/(.*)/([^/]+)$`)
 // absolute ("/" + the trimmed value).
 func parseHandle(id string) (volume, error) {
 	var v volume
-	if err := checkText("volume ID", id, maxHandleLen); err != nil {
+	if err := driver.CheckText("volume ID", id, maxHandleLen); err != nil {
 		return v, err
 	}
 	parts := strings.Split(id, separator)

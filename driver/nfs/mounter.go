@@ -1,7 +1,6 @@
 package nfs
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"strings"
@@ -25,34 +24,29 @@ type runner struct {
 	unmountTimeout time.Duration // for each unmount step
 }
 
-// maxOutput bounds what a command may print into an error message.
-const maxOutput = 4096
-
-func run(ctx context.Context, timeout time.Duration, name string, args ...string) (string, error) {
+// run runs a command under timeout; its error carries the command's output
+// (bounded: it goes into a gRPC message).
+func run(ctx context.Context, timeout time.Duration, name string, args ...string) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	cmd := proc.Command(ctx, name, args...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	out := &proc.Buffer{Max: 4096}
+	cmd.Stdout, cmd.Stderr = out, out
 	err := proc.Run(ctx, cmd)
 	if ctx.Err() != nil {
-		return "", context.DeadlineExceeded // the output may still be written to: leave it
-	}
-	msg := strings.TrimSpace(out.String())
-	if len(msg) > maxOutput {
-		msg = msg[:maxOutput] + "..."
+		return context.DeadlineExceeded // the output may still be written to: leave it
 	}
 	if err != nil {
-		return msg, errors.New(msg + " (" + err.Error() + ")")
+		return errors.New(strings.TrimSpace(out.String()) + " (" + err.Error() + ")")
 	}
-	return msg, nil
+	return nil
 }
 
 // mountNFS mounts server:path at target with the given options; the
 // arguments are built by mount-utils, as every mount of the project's.
 func (r runner) mountNFS(ctx context.Context, source, target string, opts []string) error {
 	args := mount.MakeMountArgs(source, target, "nfs", opts)
-	_, err := run(ctx, r.timeout, "mount", args...)
+	err := run(ctx, r.timeout, "mount", args...)
 	if errors.Is(err, context.DeadlineExceeded) {
 		return status.Errorf(codes.DeadlineExceeded, "mount %s: no answer within %s; is the NFS server reachable?", source, r.timeout)
 	}
@@ -90,7 +84,7 @@ func (r runner) unmount(ctx context.Context, target string) error {
 		unmnt   func() error
 		quietly bool
 	}{
-		{"umount", func() error { _, err := run(ctx, r.unmountTimeout, "umount", target); return err }, true},
+		{"umount", func() error { return run(ctx, r.unmountTimeout, "umount", target) }, true},
 		{"forced (umount2 MNT_FORCE)", func() error { return r.bounded(func() error { return unix.Unmount(target, unix.MNT_FORCE) }) }, false},
 		{"lazy (umount2 MNT_DETACH): the server did not answer", func() error { return r.bounded(func() error { return unix.Unmount(target, unix.MNT_DETACH) }) }, false},
 	} {

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
@@ -134,7 +133,7 @@ func (d *Driver) withShare(ctx context.Context, server, share string, opts []str
 	defer func() {
 		if uerr := d.run.unmount(context.Background(), dir); uerr != nil {
 			klog.ErrorS(uerr, "Working mount left behind; it is cleared at the next start", "path", dir)
-			err = errorsJoin(err, uerr)
+			err = firstErr(err, uerr)
 			return
 		}
 		if rerr := os.Remove(dir); rerr != nil && err == nil {
@@ -156,15 +155,10 @@ func (d *Driver) withShare(ctx context.Context, server, share string, opts []str
 		return err
 	case <-ctx.Done():
 	}
+	// Abandoned: the deferred unmount forces the mount off (its last steps
+	// fail fn's pending calls) and fn's goroutine ends with them.
+	go func() { <-done; root.Close() }()
 	klog.ErrorS(ctx.Err(), "NFS server stopped answering during an operation; forcing the working mount off", "server", server, "share", share)
-	_ = unix.Unmount(dir, unix.MNT_FORCE)
-	select {
-	case <-done:
-		root.Close()
-	case <-time.After(d.run.unmountTimeout):
-		_ = unix.Unmount(dir, unix.MNT_DETACH)
-		go func() { <-done; root.Close() }()
-	}
 	return status.Errorf(codes.DeadlineExceeded, "%s:%s stopped answering during the operation (%v); is the NFS server reachable?", server, share, ctx.Err())
 }
 

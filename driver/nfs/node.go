@@ -60,7 +60,7 @@ func lookup(m map[string]string, key string) (string, bool) {
 // PV's mount options, read-only when asked.
 func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
 	id, target, vc := req.GetVolumeId(), req.GetTargetPath(), req.GetVolumeCapability()
-	if err := checkText("volume ID", id, maxHandleLen); err != nil {
+	if err := driver.CheckText("volume ID", id, maxHandleLen); err != nil {
 		return nil, err
 	}
 	if err := driver.CheckHostPath("target path", target); err != nil {
@@ -127,7 +127,7 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 // bounded time and the pod can go.
 func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
 	id, target := req.GetVolumeId(), req.GetTargetPath()
-	if err := checkText("volume ID", id, maxHandleLen); err != nil {
+	if err := driver.CheckText("volume ID", id, maxHandleLen); err != nil {
 		return nil, err
 	}
 	if err := driver.CheckHostPath("target path", target); err != nil {
@@ -151,10 +151,10 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 // has no quota). statfs is bounded: a dead server must not hold the kubelet.
 func (d *Driver) NodeGetVolumeStats(_ context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
 	id, p := req.GetVolumeId(), req.GetVolumePath()
-	if err := checkText("volume ID", id, maxHandleLen); err != nil {
+	if err := driver.CheckText("volume ID", id, maxHandleLen); err != nil {
 		return nil, err
 	}
-	if err := checkText("volume path", p, 4096); err != nil {
+	if err := driver.CheckText("volume path", p, 4096); err != nil {
 		return nil, err
 	}
 	if m, err := mounted(p); err != nil {

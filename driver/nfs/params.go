@@ -127,27 +127,10 @@ func expand(subDir string, m map[string]string) (string, error) {
 	return subDir, nil
 }
 
-// checkText refuses empty, over-long and control-character values: they
-// cannot be a host name or a path, and a newline would corrupt the mount table.
-func checkText(what, s string, limit int) error {
-	if s == "" {
-		return status.Errorf(codes.InvalidArgument, "%s is required", what)
-	}
-	if len(s) > limit {
-		return status.Errorf(codes.InvalidArgument, "%s is %d bytes long, the limit is %d", what, len(s), limit)
-	}
-	for _, r := range s {
-		if r < 0x20 || r == 0x7f {
-			return status.Errorf(codes.InvalidArgument, "%s %q contains a control character", what, driver.Printable(s))
-		}
-	}
-	return nil
-}
-
 // checkServer accepts a DNS name or an IP address (IPv6 with or without
 // brackets): nothing that mount could read as an option or a second argument.
 func checkServer(s string) error {
-	if err := checkText("server", s, 253); err != nil {
+	if err := driver.CheckText("server", s, 253); err != nil {
 		return err
 	}
 	if _, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(s, "["), "]")); err == nil {
@@ -175,7 +158,7 @@ func mountHost(server string) string {
 
 // checkShare accepts a clean absolute export path.
 func checkShare(s string) error {
-	if err := checkText("share", s, 1024); err != nil {
+	if err := driver.CheckText("share", s, 1024); err != nil {
 		return err
 	}
 	if !strings.HasPrefix(s, "/") {
@@ -193,7 +176,7 @@ func checkShare(s string) error {
 // checkSubDir accepts a relative path of plain names: no '..', '.', empty
 // segment or leading '/', so it can only name a place inside the share.
 func checkSubDir(s string) error {
-	if err := checkText("subDir", s, 1024); err != nil {
+	if err := driver.CheckText("subDir", s, 1024); err != nil {
 		return err
 	}
 	if strings.Contains(s, separator) {
@@ -226,7 +209,7 @@ func checkOptions(opts []string) error {
 		if o == "" || strings.Contains(o, ",") {
 			return status.Errorf(codes.InvalidArgument, "mount option %q is not a single mount option", driver.Printable(o))
 		}
-		if err := checkText("mount option", o, 256); err != nil {
+		if err := driver.CheckText("mount option", o, 256); err != nil {
 			return err
 		}
 	}

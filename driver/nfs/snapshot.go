@@ -36,7 +36,7 @@ func (s snapshot) archive() string { return path.Join(s.name, s.src+".tar.gz") }
 // parseSnapshot reads a snapshot handle; one this driver cannot have
 // written is NOT_FOUND.
 func parseSnapshot(id string) (snapshot, error) {
-	if err := checkText("snapshot ID", id, maxHandleLen); err != nil {
+	if err := driver.CheckText("snapshot ID", id, maxHandleLen); err != nil {
 		return snapshot{}, err
 	}
 	p := strings.Split(id, separator)

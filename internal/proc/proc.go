@@ -5,6 +5,7 @@
 package proc
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os/exec"
@@ -48,3 +49,30 @@ func Run(ctx context.Context, cmd *exec.Cmd) error {
 // ErrUnkillable is Run's error for a command that outlived its deadline
 // and could not be killed.
 var ErrUnkillable = errors.New("the command did not end when killed (stuck in the kernel)")
+
+// Buffer keeps the first Max bytes written to it and notes that more came,
+// while accepting everything: a command whose output pipe blocked would hang.
+// (The bytes.Buffer is a field, not embedded: its ReadFrom would let io.Copy
+// bypass the limit.)
+type Buffer struct {
+	Max      int
+	Overflow bool
+	buf      bytes.Buffer
+}
+
+func (b *Buffer) Write(p []byte) (int, error) {
+	if room := b.Max - b.buf.Len(); len(p) > room {
+		b.Overflow = true
+		if room > 0 {
+			b.buf.Write(p[:room])
+		}
+		return len(p), nil
+	}
+	return b.buf.Write(p)
+}
+
+// Bytes returns what was kept.
+func (b *Buffer) Bytes() []byte { return b.buf.Bytes() }
+
+// String returns what was kept.
+func (b *Buffer) String() string { return b.buf.String() }

@@ -50,15 +50,15 @@ func (c *Cluster) InstallMonocsi(ctx context.Context) error {
 	// Both pods: the emulating mount first on PATH, the servers' disks at
 	// the same path as on the host, and the API server on the host's loopback
 	// (there is no kube-proxy here).
-	emulation := fmt.Sprintf(`    - {op: add, path: /spec/template/spec/containers/0/env/-, value: {name: PATH, value: "%[2]s:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}}
-    - {op: add, path: /spec/template/spec/containers/0/env/-, value: {name: NFS_EMULATION_ROOT, value: "%[3]s"}}
+	emulation := fmt.Sprintf(`    - {op: add, path: /spec/template/spec/containers/0/env/-, value: {name: PATH, value: "%[1]s:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}}
+    - {op: add, path: /spec/template/spec/containers/0/env/-, value: {name: NFS_EMULATION_ROOT, value: "%[2]s"}}
     - {op: add, path: /spec/template/spec/containers/0/env/-, value: {name: KUBERNETES_SERVICE_HOST, value: "127.0.0.1"}}
-    - {op: add, path: /spec/template/spec/containers/0/env/-, value: {name: KUBERNETES_SERVICE_PORT, value: "%[4]d"}}
-    - {op: add, path: /spec/template/spec/volumes/-, value: {name: nfsemu-bin, hostPath: {path: "%[2]s", type: Directory}}}
-    - {op: add, path: /spec/template/spec/volumes/-, value: {name: nfs-servers, hostPath: {path: "%[3]s", type: Directory}}}
-    - {op: add, path: /spec/template/spec/containers/0/volumeMounts/-, value: {name: nfsemu-bin, mountPath: "%[2]s", readOnly: true}}
-    - {op: add, path: /spec/template/spec/containers/0/volumeMounts/-, value: {name: nfs-servers, mountPath: "%[3]s"}}
-`, "", emuBin, c.NFSRoot(), c.APIPort)
+    - {op: add, path: /spec/template/spec/containers/0/env/-, value: {name: KUBERNETES_SERVICE_PORT, value: "%[3]d"}}
+    - {op: add, path: /spec/template/spec/volumes/-, value: {name: nfsemu-bin, hostPath: {path: "%[1]s", type: Directory}}}
+    - {op: add, path: /spec/template/spec/volumes/-, value: {name: nfs-servers, hostPath: {path: "%[2]s", type: Directory}}}
+    - {op: add, path: /spec/template/spec/containers/0/volumeMounts/-, value: {name: nfsemu-bin, mountPath: "%[1]s", readOnly: true}}
+    - {op: add, path: /spec/template/spec/containers/0/volumeMounts/-, value: {name: nfs-servers, mountPath: "%[2]s"}}
+`, emuBin, c.NFSRoot(), c.APIPort)
 	k := fmt.Sprintf(`apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 resources:

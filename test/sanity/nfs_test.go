@@ -55,28 +55,28 @@ func (n nfsTarget) params(extra ...string) map[string]string {
 	return p
 }
 
-// serveNFS starts `monocsi serve --driver=nfs` and returns a connection and
-// the driver's work directory.
-func serveNFS(t *testing.T, n nfsTarget, args ...string) (*grpc.ClientConn, string) {
-	conn, work, _ := serveNFSProc(t, n, args...)
-	return conn, work
+// nfsServe is a running `monocsi serve --driver=nfs`.
+type nfsServe struct {
+	conn       *grpc.ClientConn
+	sock, work string // its socket and its work directory
+	proc       *testbin.Process
 }
 
-// serveNFSProc is serveNFS that also returns the process (for its log).
-func serveNFSProc(t *testing.T, n nfsTarget, args ...string) (*grpc.ClientConn, string, *testbin.Process) {
+// serveNFS starts `monocsi serve --driver=nfs` for the target.
+func serveNFS(t *testing.T, n nfsTarget, args ...string) nfsServe {
 	dir := t.TempDir()
-	sock, work := filepath.Join(dir, "csi.sock"), filepath.Join(dir, "work")
-	proc := testbin.StartEnv(t, n.env, append([]string{"serve", "--driver=nfs", "--endpoint=unix://" + sock,
-		"--node-id=sanity-node", "--nfs-workdir=" + work, "--v=2"}, args...)...)
+	s := nfsServe{sock: filepath.Join(dir, "csi.sock"), work: filepath.Join(dir, "work")}
+	s.proc = testbin.StartEnv(t, n.env, append([]string{"serve", "--driver=nfs", "--endpoint=unix://" + s.sock,
+		"--node-id=sanity-node", "--nfs-workdir=" + s.work, "--v=2"}, args...)...)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	testbin.WaitForSocket(ctx, t, sock)
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
+	testbin.WaitForSocket(ctx, t, s.sock)
+	var err error
+	if s.conn, err = grpc.NewClient("unix://"+s.sock, grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { conn.Close() })
-	return conn, work, proc
+	t.Cleanup(func() { s.conn.Close() })
+	return s
 }
 
 func TestSanityNFS(t *testing.T) {
@@ -84,18 +84,17 @@ func TestSanityNFS(t *testing.T) {
 		return
 	}
 	n := nfsSetup(t)
-	conn, work := serveNFS(t, n)
-	conn.Close()
+	srv := serveNFS(t, n)
 	dir := t.TempDir()
 	cfg := sanity.NewTestConfig()
-	cfg.Address = "unix://" + filepath.Join(filepath.Dir(work), "csi.sock")
+	cfg.Address = "unix://" + srv.sock
 	cfg.TargetPath = filepath.Join(dir, "mount")
 	cfg.StagingPath = filepath.Join(dir, "stage")
 	cfg.TestVolumeParameters = n.params()
 	cfg.IdempotentCount = 10
 	sanity.Test(t, cfg)
 
-	assertNoMountsUnder(t, dir, work)
+	assertNoMountsUnder(t, dir, srv.work)
 	if left := entries(t, n.export); len(left) > 0 {
 		t.Errorf("sanity's volumes are gone, yet the share still holds %v", left)
 	}
@@ -124,7 +123,8 @@ var fsCap = &csi.VolumeCapability{
 // a read-only mount refuses writes, and deletion removes, keeps or archives it.
 func TestNFSVolumeLifecycle(t *testing.T) {
 	n := nfsSetup(t)
-	conn, work := serveNFS(t, n)
+	srv := serveNFS(t, n)
+	conn, work := srv.conn, srv.work
 	ctl, node := csi.NewControllerClient(conn), csi.NewNodeClient(conn)
 	ctx := context.Background()
 	targets := t.TempDir()
@@ -216,7 +216,8 @@ func TestNFSVolumeLifecycle(t *testing.T) {
 // share attributes, and an inline (ephemeral) volume.
 func TestNFSExistingVolumes(t *testing.T) {
 	n := nfsSetup(t)
-	conn, work := serveNFS(t, n)
+	srv := serveNFS(t, n)
+	conn, work := srv.conn, srv.work
 	node := csi.NewNodeClient(conn)
 	ctx := context.Background()
 	if err := os.MkdirAll(filepath.Join(n.export, "static-dir"), 0o777); err != nil {
@@ -273,7 +274,8 @@ func TestNFSExistingVolumes(t *testing.T) {
 // share or smuggle mount options are INVALID_ARGUMENT and create nothing.
 func TestNFSHostileInputs(t *testing.T) {
 	n := nfsSetup(t)
-	conn, work := serveNFS(t, n)
+	srv := serveNFS(t, n)
+	conn, work := srv.conn, srv.work
 	ctl, node := csi.NewControllerClient(conn), csi.NewNodeClient(conn)
 	ctx := context.Background()
 	outside := t.TempDir() // a symlink on the share points here
@@ -366,7 +368,8 @@ func TestNFSUnreachableServer(t *testing.T) {
 	} else {
 		n.server = "unreachable.test" // no directory in the emulation: it never answers
 	}
-	conn, work := serveNFS(t, n, "--nfs-mount-timeout=3s")
+	srv := serveNFS(t, n, "--nfs-mount-timeout=3s")
+	conn, work := srv.conn, srv.work
 	ctl := csi.NewControllerClient(conn)
 	start := time.Now()
 	_, err := ctl.CreateVolume(context.Background(), &csi.CreateVolumeRequest{Name: "pvc-x", Parameters: n.params(), VolumeCapabilities: []*csi.VolumeCapability{fsCap}})
@@ -392,7 +395,8 @@ func TestNFSDeadServer(t *testing.T) {
 		t.Skip("needs a real NFS server that the test can stop (make e2e-nfs sets MONOCSI_NFS_SERVER_STOP/START)")
 	}
 	n := nfsSetup(t)
-	conn, work, proc := serveNFSProc(t, n, "--nfs-mount-timeout=6s")
+	srv := serveNFS(t, n, "--nfs-mount-timeout=6s")
+	conn, work, proc := srv.conn, srv.work, srv.proc
 	node := csi.NewNodeClient(conn)
 	ctx := context.Background()
 	target := filepath.Join(t.TempDir(), "t")
@@ -446,7 +450,8 @@ func TestNFSDeadServer(t *testing.T) {
 // share; volumes restored from it or cloned from the volume hold its data.
 func TestNFSSnapshotAndClone(t *testing.T) {
 	n := nfsSetup(t)
-	conn, work := serveNFS(t, n)
+	srv := serveNFS(t, n)
+	conn, work := srv.conn, srv.work
 	ctl := csi.NewControllerClient(conn)
 	ctx := context.Background()
 	create := func(name string, src *csi.VolumeContentSource) *csi.Volume {
