@@ -18,11 +18,20 @@ import (
 	"time"
 )
 
-// K8sVersion is the Kubernetes release the test cluster runs; it must match
-// the require line of test/cluster/k8s/go.mod.
-const K8sVersion = "v1.34.4"
+// DefaultK8sVersion is the Kubernetes release the test cluster runs unless
+// $K8S_VERSION names another. Each release that can be chosen has its own
+// pinned module, test/cluster/k8s/<version>.
+const DefaultK8sVersion = "v1.37.2"
 
-// Binaries are the upstream commands built from test/cluster/k8s.
+// K8sVersion is the release this process's test cluster runs.
+var K8sVersion = func() string {
+	if v := os.Getenv("K8S_VERSION"); v != "" {
+		return v
+	}
+	return DefaultK8sVersion
+}()
+
+// Binaries are the upstream commands built from test/cluster/k8s/<version>.
 var Binaries = []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kubectl"}
 
 // Packages are the Debian packages the cluster needs, with a file each
@@ -97,12 +106,16 @@ func EnsureBinaries(log io.Writer) (string, error) {
 	if err := os.MkdirAll(tmp, 0o755); err != nil {
 		return "", err
 	}
-	args := []string{"build", "-trimpath", "-o", tmp + "/"}
+	mod := filepath.Join(RepoRoot(), "test", "cluster", "k8s", K8sVersion)
+	if _, err := os.Stat(filepath.Join(mod, "go.mod")); err != nil {
+		return "", fmt.Errorf("Kubernetes %s: no pinned module %s (K8S_VERSION must name one)", K8sVersion, mod)
+	}
+	args := []string{"build", "-trimpath", "-ldflags=" + versionLDFlags(K8sVersion), "-o", tmp + "/"}
 	for _, b := range Binaries {
 		args = append(args, "k8s.io/kubernetes/cmd/"+b)
 	}
 	cmd := exec.Command("go", args...)
-	cmd.Dir = filepath.Join(RepoRoot(), "test", "cluster", "k8s")
+	cmd.Dir = mod
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Run(); err != nil {
 		return "", fmt.Errorf("build Kubernetes: %w", err)
@@ -116,6 +129,24 @@ func EnsureBinaries(log io.Writer) (string, error) {
 	}
 	fmt.Fprintf(log, "    built in %s\n", time.Since(start).Round(time.Second))
 	return dir, nil
+}
+
+// versionLDFlags stamps the release into the binaries as Kubernetes' own
+// build does (hack/lib/version.sh); without it the server reports
+// v0.0.0-master and kubectl version fails.
+func versionLDFlags(v string) string {
+	major, minor, _ := strings.Cut(strings.TrimPrefix(v, "v"), ".")
+	minor, _, _ = strings.Cut(minor, ".")
+	flags := []string{"-s", "-w"}
+	for _, pkg := range []string{"k8s.io/component-base/version", "k8s.io/client-go/pkg/version"} {
+		for k, val := range map[string]string{
+			"gitVersion": v, "gitMajor": major, "gitMinor": minor,
+			"gitTreeState": "clean", "gitCommit": "module-" + v, "buildDate": "1970-01-01T00:00:00Z",
+		} {
+			flags = append(flags, "-X", pkg+"."+k+"="+val)
+		}
+	}
+	return strings.Join(flags, " ")
 }
 
 func haveAll(dir string) bool {
