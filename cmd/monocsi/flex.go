@@ -27,12 +27,40 @@ type flexFlags struct {
 	dir     string
 	names   string
 	timeout time.Duration
+	exec    string
+	path    string
+	mountNS string
 }
 
 func (f *flexFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.dir, "flex-dir", flex.DefaultDir, "directory holding FlexVolume drivers (<vendor~driver>/<driver>); each executable becomes a CSI driver; empty turns this off")
 	fs.StringVar(&f.names, "flex-driver-names", "", "CSI names for FlexVolume drivers, overriding the derived <driver>.<vendor>.flex.monocsi.io: vendor~driver=name,...")
 	fs.DurationVar(&f.timeout, "flex-timeout", 2*time.Minute, "how long a FlexVolume command may run (waitforattach: 10 minutes)")
+	fs.StringVar(&f.exec, "flex-exec", string(flex.ExecContainer), "where FlexVolume commands run: container (monocsi's own filesystem: the executable must be static or find its tools in the image) or host (through nsenter in the host's mount namespace, as the kubelet ran them: needs nsenter in the image, hostPID and a privileged container)")
+	fs.StringVar(&f.path, "flex-path", flex.DefaultPath, "PATH of FlexVolume commands (the kubelet's), in either --flex-exec mode")
+	fs.StringVar(&f.mountNS, "flex-mount-ns", flex.DefaultMountNS, "with --flex-exec=host: the mount namespace FlexVolume commands enter (the host's: its PID 1's)")
+}
+
+// config is the adapter's configuration for one executable.
+func (f *flexFlags) config(name, exe, nodeID string) flex.Config {
+	return flex.Config{Name: name, Exe: exe, NodeID: nodeID, Timeout: f.timeout, Version: version.Version,
+		Exec: flex.ExecMode(f.exec), Path: f.path, MountNS: f.mountNS}
+}
+
+// check validates the exec mode and, in host mode, that nsenter and the
+// host's mount namespace can be had: a pod without hostPID fails at start
+// with an error saying so, not at its first mount.
+func (f *flexFlags) check() error {
+	mode, err := flex.ParseExecMode(f.exec)
+	if err != nil {
+		return fmt.Errorf("--flex-exec: %w", err)
+	}
+	if mode == flex.ExecHost {
+		if _, err := flex.CheckHostExec(f.mountNS); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // csiName is the CSI name of a driver directory.
@@ -75,6 +103,9 @@ func exeKey(exe string) (string, error) {
 func (f *flexFlags) watch(ctx context.Context, nodeID string, start func(ctx context.Context, name string, d *flex.Driver)) error {
 	if f.dir == "" {
 		return nil
+	}
+	if err := f.check(); err != nil {
+		return err
 	}
 	running := map[string]*flexInstance{} // by exeKey; only the watch goroutine touches it
 	defer func() {
@@ -136,7 +167,7 @@ func (f *flexFlags) watch(ctx context.Context, nodeID string, start func(ctx con
 			exe := found[dir]
 			go func() {
 				defer close(inst.done)
-				d, err := flex.New(cctx, flex.Config{Name: name, Exe: exe, NodeID: nodeID, Timeout: f.timeout, Version: version.Version})
+				d, err := flex.New(cctx, f.config(name, exe, nodeID))
 				if err != nil {
 					inst.failed.Store(true)
 					klog.ErrorS(err, "FlexVolume driver not usable yet; retrying at the next rescan", "executable", exe)
@@ -214,7 +245,10 @@ func (f *flexFlags) plugin(ctx context.Context, dir, nodeID string) (nodeplugin.
 	if err != nil {
 		return nodeplugin.Plugin{}, err
 	}
-	d, err := flex.New(ctx, flex.Config{Name: name, Exe: flex.Exe(f.dir, dir), NodeID: nodeID, Timeout: f.timeout, Version: version.Version})
+	if err := f.check(); err != nil {
+		return nodeplugin.Plugin{}, err
+	}
+	d, err := flex.New(ctx, f.config(name, flex.Exe(f.dir, dir), nodeID))
 	if err != nil {
 		return nodeplugin.Plugin{}, err
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"strings"
 	"time"
@@ -64,8 +65,9 @@ const maxOutput = 64 << 10
 func (d *Driver) call(ctx context.Context, timeout time.Duration, args ...string) (*reply, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	cmd := proc.Command(ctx, d.exe, args...)
-	stdout, stderr := &proc.Buffer{Max: maxOutput}, &proc.Buffer{Max: 4096}
+	cmd := d.command(ctx, args)
+	// stderr as large as stdout: some scripts write their Failure reply there.
+	stdout, stderr := &proc.Buffer{Max: maxOutput}, &proc.Buffer{Max: maxOutput}
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	cmd.Stdin = nil
 	start := time.Now()
@@ -88,16 +90,23 @@ func (d *Driver) call(ctx context.Context, timeout time.Duration, args ...string
 	if stdout.Overflow {
 		return nil, fail(codes.Internal, "output exceeds %d bytes", maxOutput)
 	}
-	var r reply
-	dec := json.NewDecoder(bytes.NewReader(stdout.Bytes()))
-	if err := dec.Decode(&r); err != nil {
+	r, extra, err := decodeReply(stdout.Bytes())
+	if err != nil && !stderr.Overflow {
+		// No reply on stdout: a script may have written its reply (a
+		// Failure, usually) to stderr, as kubernetes/examples' NFS one does.
+		if sr, sextra, serr := decodeReply(stderr.Bytes()); serr == nil && !sextra && sr.Status != "" {
+			klog.V(4).InfoS("FlexVolume reply taken from stderr", "driver", d.name, "command", op)
+			r, extra, err = sr, false, nil
+		}
+	}
+	if err != nil {
 		detail := strings.TrimSpace(stdout.String() + " " + stderr.String())
 		if runErr != nil {
 			return nil, fail(codes.Internal, "%v: %s", runErr, clip(detail))
 		}
 		return nil, fail(codes.Internal, "reply is not JSON (%v): %s", err, clip(detail))
 	}
-	if _, err := dec.Token(); err != io.EOF {
+	if extra {
 		return nil, fail(codes.Internal, "reply has more than one JSON value: %s", clip(stdout.String()))
 	}
 	switch r.Status {
@@ -105,9 +114,9 @@ func (d *Driver) call(ctx context.Context, timeout time.Duration, args ...string
 		if runErr != nil {
 			return nil, fail(codes.Internal, "said Success but %v", runErr)
 		}
-		return &r, nil
+		return r, nil
 	case statusNotSupported:
-		return &r, errNotSupported
+		return r, errNotSupported
 	case statusFailure:
 		c, ok := failureCodes[r.Code]
 		if !ok {
@@ -116,6 +125,31 @@ func (d *Driver) call(ctx context.Context, timeout time.Duration, args ...string
 		return nil, fail(c, "%s", clip(r.Message))
 	}
 	return nil, fail(codes.Internal, "unknown status %q", clip(r.Status))
+}
+
+// command is the exec.Cmd of one call: the executable itself, or nsenter
+// running it in the host's mount namespace (ExecHost), with the commands'
+// PATH.
+func (d *Driver) command(ctx context.Context, args []string) *exec.Cmd {
+	argv := append([]string{d.exe}, args...)
+	if d.nsenter != "" {
+		argv = hostCommand(d.nsenter, d.mountNS, d.exe, args)
+	}
+	cmd := proc.Command(ctx, argv[0], argv[1:]...)
+	cmd.Env = commandEnv(os.Environ(), d.path)
+	return cmd
+}
+
+// decodeReply decodes a reply from the first JSON value of out; extra says
+// more followed it.
+func decodeReply(out []byte) (r *reply, extra bool, err error) {
+	r = &reply{}
+	dec := json.NewDecoder(bytes.NewReader(out))
+	if err := dec.Decode(r); err != nil {
+		return nil, false, err
+	}
+	_, err = dec.Token()
+	return r, err != io.EOF, nil
 }
 
 func clip(s string) string {

@@ -2,8 +2,10 @@ package flex
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -121,5 +123,164 @@ func TestOptions(t *testing.T) {
 	}
 	if _, err := options("pv-1", map[string]string{"kubernetes.io/pod.name": "other"}, mountCap, false, nil); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("a forged kubelet key: %v", err)
+	}
+}
+
+// A reply on stderr (kubernetes/examples' NFS script writes its Failure
+// there and exits 1) is the reply when stdout has none; anything else on
+// stderr stays context for the error.
+func TestReplyOnStderr(t *testing.T) {
+	for _, tc := range []struct {
+		name, body string
+		code       codes.Code
+		says       string
+	}{
+		{"failure on stderr", `echo '{ "status": "Failure", "message": "Failed to mount 10.0.0.1:/x"}' >&2; exit 1`, codes.Internal, "attach: Failed to mount 10.0.0.1:/x"},
+		{"failure with a code on stderr", `printf '%s\n' '{"status":"Failure","message":"no such share","code":"NotFound"}' >&2; exit 1`, codes.NotFound, "no such share"},
+		{"failure on stderr, noise on stdout", `echo 'mount: something'; echo '{"status":"Failure","message":"bad share"}' >&2; exit 1`, codes.Internal, "attach: bad share"},
+		{"stdout's reply wins", `echo '{"status":"Failure","message":"from stdout"}'; echo '{"status":"Failure","message":"from stderr"}' >&2; exit 1`, codes.Internal, "from stdout"},
+		{"two replies on stderr", `echo '{"status":"Failure","message":"one"}{"status":"Failure","message":"two"}' >&2; exit 1`, codes.Internal, "exit status 1"},
+		{"noise and a reply on stderr", `echo 'warning: x' >&2; echo '{"status":"Failure","message":"m"}' >&2; exit 1`, codes.Internal, "exit status 1: warning: x"},
+		{"JSON without a status on stderr", `echo '{"error":"x"}' >&2; exit 2`, codes.Internal, "exit status 2"},
+		{"huge stderr", `head -c 10000000 /dev/zero | tr '\0' 'x' >&2; exit 1`, codes.Internal, "exit status 1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d, err := New(context.Background(), Config{Name: "drv.test.flex.monocsi.io", Exe: script(t, tc.body), NodeID: "n1", Timeout: 5 * time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = d.ControllerPublishVolume(context.Background(), &csi.ControllerPublishVolumeRequest{
+				VolumeId: "v1", NodeId: "n1", VolumeCapability: mountCap, VolumeContext: map[string]string{"k": "v"}})
+			if status.Code(err) != tc.code || !strings.Contains(status.Convert(err).Message(), tc.says) {
+				t.Errorf("got %v; want %s saying %q", err, tc.code, tc.says)
+			}
+		})
+	}
+	// A Success on stderr with exit 0 is a Success; the attach's device is used.
+	d, err := New(context.Background(), Config{Name: "drv.test.flex.monocsi.io", NodeID: "n1",
+		Exe: script(t, `echo '{"status":"Success","device":"/dev/loop7"}' >&2`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := d.ControllerPublishVolume(context.Background(), &csi.ControllerPublishVolumeRequest{
+		VolumeId: "v1", NodeId: "n1", VolumeCapability: mountCap, VolumeContext: map[string]string{"k": "v"}})
+	if err != nil || resp.GetPublishContext()["device"] != "/dev/loop7" {
+		t.Errorf("Success on stderr: %v, %v", resp, err)
+	}
+}
+
+// Commands get the --flex-path PATH and otherwise monocsi's environment.
+func TestCommandEnvironment(t *testing.T) {
+	t.Setenv("MONOCSI_TEST_VAR", "kept")
+	out := filepath.Join(t.TempDir(), "env")
+	d, err := New(context.Background(), Config{Name: "drv.test.flex.monocsi.io", NodeID: "n1", Path: "/opt/flex/bin:/usr/bin:/bin",
+		Exe: script(t, `env > `+out+`; echo '{"status":"Success","device":"/dev/x"}'`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.ControllerPublishVolume(context.Background(), &csi.ControllerPublishVolumeRequest{
+		VolumeId: "v1", NodeId: "n1", VolumeCapability: mountCap, VolumeContext: map[string]string{"k": "v"}}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := strings.Split(strings.TrimSpace(string(b)), "\n")
+	var paths []string
+	for _, kv := range env {
+		if strings.HasPrefix(kv, "PATH=") {
+			paths = append(paths, kv)
+		}
+	}
+	if len(paths) != 1 || paths[0] != "PATH=/opt/flex/bin:/usr/bin:/bin" {
+		t.Errorf("PATH of the command: %v", paths)
+	}
+	if !slices.Contains(env, "MONOCSI_TEST_VAR=kept") {
+		t.Errorf("monocsi's environment not passed on: %v", env)
+	}
+	if got := commandEnv([]string{"A=1", "PATH=/x", "B=2"}, ""); !slices.Equal(got, []string{"A=1", "B=2", "PATH="}) {
+		t.Errorf("commandEnv = %v", got)
+	}
+}
+
+// Host mode's command line, in its one place.
+func TestHostCommand(t *testing.T) {
+	got := hostCommand("/usr/bin/nsenter", "/proc/1/ns/mnt", "/flex/acme~nfs/nfs", []string{"mount", "/var/lib/kubelet/pods/u/v", `{"server":"s"}`})
+	want := []string{"/usr/bin/nsenter", "--mount=/proc/1/ns/mnt", "--", "/flex/acme~nfs/nfs", "mount", "/var/lib/kubelet/pods/u/v", `{"server":"s"}`}
+	if !slices.Equal(got, want) {
+		t.Errorf("hostCommand = %q\nwant %q", got, want)
+	}
+	for s, want := range map[string]ExecMode{"": ExecContainer, "container": ExecContainer, "host": ExecHost} {
+		if m, err := ParseExecMode(s); err != nil || m != want {
+			t.Errorf("ParseExecMode(%q) = %q, %v", s, m, err)
+		}
+	}
+	if _, err := ParseExecMode("chroot"); err == nil {
+		t.Error("ParseExecMode accepted chroot")
+	}
+}
+
+// The start check of host mode names what is missing: nsenter, or hostPID.
+func TestCheckHostExec(t *testing.T) {
+	found := func(string) (string, error) { return "/usr/bin/nsenter", nil }
+	missing := func(string) (string, error) {
+		return "", errors.New(`exec: "nsenter": executable file not found in $PATH`)
+	}
+	readable := filepath.Join(t.TempDir(), "mnt")
+	os.WriteFile(readable, nil, 0o644)
+	for _, tc := range []struct {
+		name    string
+		ns      string
+		pid     int
+		look    func(string) (string, error)
+		wantErr string
+	}{
+		{"ok", readable, 4242, found, ""},
+		{"no nsenter", readable, 4242, missing, "nsenter (util-linux)"},
+		{"PID 1 of its own namespace", "", 1, found, "hostPID: true"},
+		{"namespace not readable", filepath.Join(t.TempDir(), "absent"), 4242, found, "hostPID: true and a privileged container"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := checkHostExec(tc.ns, tc.pid, tc.look)
+			switch {
+			case tc.wantErr == "" && (err != nil || p != "/usr/bin/nsenter"):
+				t.Errorf("got %q, %v", p, err)
+			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+				t.Errorf("got %v; want an error saying %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+// Host mode runs each command through nsenter: a fake nsenter records its
+// arguments and runs the rest, as the real one does after setns.
+func TestHostModeRunsThroughNsenter(t *testing.T) {
+	bin := t.TempDir()
+	log := filepath.Join(t.TempDir(), "nsenter.log")
+	fake := "#!/bin/sh\necho \"$@\" >> " + log + "\n[ \"$2\" = -- ] || exit 99\nshift 2\nexec \"$@\"\n"
+	if err := os.WriteFile(filepath.Join(bin, "nsenter"), []byte(fake), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", bin+":"+os.Getenv("PATH"))
+	ns := filepath.Join(t.TempDir(), "mnt")
+	os.WriteFile(ns, nil, 0o644)
+	exe := script(t, `echo '{"status":"Success","device":"/dev/x"}'`)
+	d, err := New(context.Background(), Config{Name: "drv.test.flex.monocsi.io", NodeID: "n1", Exe: exe, Exec: ExecHost, MountNS: ns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.ControllerPublishVolume(context.Background(), &csi.ControllerPublishVolumeRequest{
+		VolumeId: "v1", NodeId: "n1", VolumeCapability: mountCap, VolumeContext: map[string]string{"k": "v"}}); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(log)
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) != 2 || lines[0] != "--mount="+ns+" -- "+exe+" init" || !strings.HasPrefix(lines[1], "--mount="+ns+" -- "+exe+" attach {") {
+		t.Errorf("nsenter calls:\n%s", b)
+	}
+	if _, err := New(context.Background(), Config{Name: "drv.test.flex.monocsi.io", NodeID: "n1", Exe: exe, Exec: ExecHost,
+		MountNS: filepath.Join(t.TempDir(), "absent")}); err == nil || !strings.Contains(err.Error(), "hostPID") {
+		t.Errorf("host mode without a readable namespace: %v", err)
 	}
 }

@@ -38,6 +38,13 @@ type Config struct {
 	// waitforattach gets 10 minutes, as in the kubelet.
 	Timeout time.Duration
 	Version string
+	// Exec is where commands run: ExecContainer (when empty) or ExecHost.
+	Exec ExecMode
+	// Path is the commands' PATH (DefaultPath when empty), in either mode.
+	Path string
+	// MountNS is the mount namespace ExecHost enters (DefaultMountNS when
+	// empty).
+	MountNS string
 }
 
 // Driver serves one FlexVolume executable as a CSI driver.
@@ -47,6 +54,8 @@ type Driver struct {
 	csi.UnimplementedNodeServer
 
 	name, exe, nodeID, version string
+	path                       string // the commands' PATH
+	nsenter, mountNS           string // ExecHost: nsenter's path and the namespace; empty otherwise
 	attach                     bool
 	timeout                    time.Duration
 	mounter                    *mount.SafeFormatAndMount
@@ -73,8 +82,29 @@ func New(ctx context.Context, c Config) (*Driver, error) {
 	if err != nil || !fi.Mode().IsRegular() || fi.Mode()&0o111 == 0 {
 		return nil, fmt.Errorf("flex driver %s: %s is not an executable file", c.Name, c.Exe)
 	}
-	d := &Driver{name: c.Name, exe: c.Exe, nodeID: c.NodeID, version: c.Version, timeout: c.Timeout,
+	// Absolute: nsenter starts the executable at the namespace's root.
+	exe, err := filepath.Abs(c.Exe)
+	if err != nil {
+		return nil, fmt.Errorf("flex driver %s: %w", c.Name, err)
+	}
+	d := &Driver{name: c.Name, exe: exe, nodeID: c.NodeID, version: c.Version, timeout: c.Timeout, path: c.Path,
 		mounter: &mount.SafeFormatAndMount{Interface: mount.New(""), Exec: utilexec.New()}}
+	if d.path == "" {
+		d.path = DefaultPath
+	}
+	mode, err := ParseExecMode(string(c.Exec))
+	if err != nil {
+		return nil, fmt.Errorf("flex driver %s: %w", c.Name, err)
+	}
+	if mode == ExecHost {
+		d.mountNS = c.MountNS
+		if d.mountNS == "" {
+			d.mountNS = DefaultMountNS
+		}
+		if d.nsenter, err = CheckHostExec(d.mountNS); err != nil {
+			return nil, fmt.Errorf("flex driver %s: %w", c.Name, err)
+		}
+	}
 	r, err := d.call(ctx, d.timeout, "init")
 	if err != nil {
 		return nil, fmt.Errorf("flex driver %s: init: %s", c.Name, status.Convert(err).Message())

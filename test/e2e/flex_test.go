@@ -161,3 +161,84 @@ func loopOf(t *testing.T, file string) string {
 	dev, _, _ := strings.Cut(strings.TrimSpace(string(out)), ":")
 	return dev
 }
+
+// The bash + jq NFS script (test/flexsamples/nfsscript), a FlexVolume driver
+// of the classic shape, runs where the kubelet ran it: on the host, through
+// nsenter (the node runs --flex-exec=host), where bash, jq and findmnt are,
+// with the NFS emulation's mount first on its PATH (--flex-path) and
+// NFS_EMULATION_ROOT from the pod's environment. A static PV of its driver
+// and an inline volume: the pod's file is on the emulated server's share,
+// the mount is in the host's mount table while the pod runs, and deleting
+// the pod unmounts it.
+func TestFlexNFSScript(t *testing.T) {
+	ctx := context.Background()
+	driver := flexsamples.NFSScriptDriver
+	if _, err := flexsamples.InstallNFSScript(tc.FlexDir); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		os.RemoveAll(filepath.Join(tc.FlexDir, flexsamples.Dir(flexsamples.NFSScript)))
+		eventually(t, time.Minute, "the NFS script's driver unregistered", func() error { return inCSINode(false, driver) })
+	})
+	eventually(t, time.Minute, "the NFS script's driver in CSINode", func() error { return inCSINode(true, driver) })
+	d, err := kube.StorageV1().CSIDrivers().Get(ctx, driver, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("CSIDriver %s: %v", driver, err)
+	}
+	if d.Spec.AttachRequired == nil || *d.Spec.AttachRequired || !slices.Contains(d.Spec.VolumeLifecycleModes, storagev1.VolumeLifecycleEphemeral) {
+		t.Errorf("CSIDriver %s: attachRequired %v, modes %v; want no attach (init says attach: false) and inline volumes", driver, d.Spec.AttachRequired, d.Spec.VolumeLifecycleModes)
+	}
+	const export = "/exports/flex-script"
+	share := filepath.Join(tc.NFSRoot(), nfsServer, export)
+	if err := os.MkdirAll(share, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	attrs := map[string]string{"server": nfsServer, "share": export, "mountOptions": "nfsvers=4.1"}
+
+	// mounted checks the pod's volume mount in the host's mount table.
+	mounted := func(t *testing.T, pod *corev1.Pod, volume string, want bool) {
+		t.Helper()
+		suffix := "/volumes/kubernetes.io~csi/" + volume + "/mount"
+		found := slices.ContainsFunc(mountsOf(string(pod.UID)), func(m string) bool { return strings.HasSuffix(m, suffix) })
+		if found != want {
+			t.Errorf("pod %s: its volume %s mounted on the host: %v, want %v (the pod's mounts: %v)", pod.Name, volume, found, want, mountsOf(string(pod.UID)))
+		}
+	}
+
+	t.Run("static", func(t *testing.T) {
+		const name = "flex-nfs-script"
+		staticPV(t, name, "1Gi", corev1.ReadWriteMany, &corev1.CSIPersistentVolumeSource{Driver: driver, VolumeHandle: name, VolumeAttributes: attrs}, nil)
+		boundPV(t, name)
+		pod := writerPod(t, name+"-writer", name)
+		eventually(t, 30*time.Second, "the pod's file on the emulated server's share", func() error {
+			b, err := os.ReadFile(filepath.Join(share, "hello"))
+			if err == nil && string(b) != "hello from "+pod.Name+"\n" {
+				err = fmt.Errorf("content %q", b)
+			}
+			return err
+		})
+		// The PV's name is the volume's directory under the pod.
+		mounted(t, pod, name, true)
+		deletePod(t, pod.Name)
+		if m := mountsOf(string(pod.UID)); len(m) > 0 {
+			t.Errorf("mounts left on the host after the pod was deleted: %v", m)
+		}
+	})
+
+	t.Run("inline", func(t *testing.T) {
+		pod := runningPod(t, "flex-nfs-script-inline", corev1.VolumeSource{CSI: &corev1.CSIVolumeSource{Driver: driver, VolumeAttributes: attrs}},
+			`echo inline > /data/written-by-inline-pod; sleep 3600`)
+		eventually(t, 30*time.Second, "the inline pod's file on the emulated server's share", func() error {
+			b, err := os.ReadFile(filepath.Join(share, "written-by-inline-pod"))
+			if err == nil && string(b) != "inline\n" {
+				err = fmt.Errorf("content %q", b)
+			}
+			return err
+		})
+		mounted(t, pod, "data", true) // an inline volume's directory is the pod's volume name
+		deletePod(t, pod.Name)
+		if m := mountsOf(string(pod.UID)); len(m) > 0 {
+			t.Errorf("mounts left on the host after the pod was deleted: %v", m)
+		}
+	})
+}
