@@ -7,6 +7,9 @@ VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo 
 LDFLAGS     := -s -w -X github.com/monocsi/monocsi/internal/version.Version=$(VERSION)
 BIN         := $(CURDIR)/bin
 STATICCHECK_VERSION := v0.8.2
+HELM_VERSION        := v4.3.1
+# helm lint/template also with the optional NFS StorageClass on
+HELM_NFS_VALUES     := --set nfs.storageClass.create=true,nfs.storageClass.server=nfs.example.com,nfs.storageClass.share=/exports
 
 DEMO_DIR    ?= /tmp/monocsi-demo
 
@@ -22,9 +25,10 @@ build:
 test:
 	@./hack/stages.sh lint unit sanity e2e e2e-nfs
 
-## unit: unit tests (real mounts: run as root) and the node-role tests
-unit:
-	$(GO) test -count=1 $$($(GO) list ./... | grep -v -e /test/sanity -e /test/e2e)
+## unit: unit tests (real mounts: run as root), the node-role tests and the chart's
+## rendering test (which needs kubectl: Kubernetes is built on first use, hence the timeout)
+unit: $(BIN)/helm
+	$(GO) test -count=1 -timeout 30m $$($(GO) list ./... | grep -v -e /test/sanity -e /test/e2e)
 
 ## sanity: the upstream csi-sanity suite (csi-test v5.6.0) against `monocsi serve`
 sanity:
@@ -32,8 +36,8 @@ sanity:
 	  status=$${PIPESTATUS[0]}; [ $$status -eq 0 ] || tail -100 sanity.out; exit $$status
 
 ## e2e: a real single-node Kubernetes (built and cached on first use), monocsi
-## installed from manifests/, and the end-to-end tests against it
-e2e:
+## installed with the Helm chart (charts/monocsi), and the end-to-end tests against it
+e2e: $(BIN)/helm
 	$(GO) test -count=1 -timeout 60m -v ./test/e2e/ 2>&1 | tee e2e.out | grep -E '^(=== RUN|---|ok|FAIL|PASS|==>|    [0-9])|e2e' ; \
 	  status=$${PIPESTATUS[0]}; [ $$status -eq 0 ] || tail -150 e2e.out; exit $$status
 
@@ -47,26 +51,37 @@ e2e-nfs: build
 
 ## bench: provisioning benchmark on the test cluster (N=200 claims; BENCH_N to change); writes BENCHMARKS.md
 BENCH_N ?= 200
-bench:
+bench: $(BIN)/helm
 	$(GO) run ./bench/provision -n $(BENCH_N) -out BENCHMARKS.md
 
 ## demo: start the test cluster with monocsi and a pod writing into a volume; it keeps running
-demo:
+demo: $(BIN)/helm
 	$(GO) run ./test/cluster/testcluster demo $(DEMO_DIR)
 
 ## demo-down: remove the demo cluster
 demo-down:
 	$(GO) run ./test/cluster/testcluster down $(DEMO_DIR)
 
-## lint: gofmt, go vet, staticcheck, go mod tidy
-lint: $(BIN)/staticcheck
+## lint: gofmt, go vet, staticcheck, go mod tidy, helm lint and helm template of charts/monocsi
+lint: $(BIN)/staticcheck $(BIN)/helm
 	@out=$$(gofmt -l $$(git ls-files '*.go')); [ -z "$$out" ] || { echo "gofmt needed: $$out"; exit 1; }
 	$(GO) vet ./...
 	$(BIN)/staticcheck ./...
 	$(GO) mod tidy -diff
+	$(BIN)/helm lint --strict charts/monocsi
+	$(BIN)/helm lint --strict charts/monocsi $(HELM_NFS_VALUES)
+	$(BIN)/helm template monocsi charts/monocsi >/dev/null
+	$(BIN)/helm template monocsi charts/monocsi $(HELM_NFS_VALUES) >/dev/null
 
 $(BIN)/staticcheck:
 	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+## bin/helm: helm $(HELM_VERSION), built from the Go module proxy (a few minutes, once)
+$(BIN)/helm:
+	GOBIN=$(BIN) $(GO) install helm.sh/helm/v4/cmd/helm@$(HELM_VERSION)
+
+# `make bin/helm` and `make bin/staticcheck` name the same files.
+bin/helm bin/staticcheck: bin/%: $(BIN)/% ;
 
 clean:
 	rm -rf $(BIN) sanity.out e2e.out e2e-nfs.out

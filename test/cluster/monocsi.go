@@ -2,9 +2,12 @@ package cluster
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -23,16 +26,17 @@ func (c *Cluster) LocalRoot() string { return filepath.Join(c.Dir, "local") }
 // server:/path of the installed nfs driver is <NFSRoot>/<server>/<path>.
 func (c *Cluster) NFSRoot() string { return filepath.Join(c.Dir, "nfs-servers") }
 
-// InstallMonocsi installs monocsi the way a user does — `kubectl apply -k`
-// of manifests/ — through an overlay that only sets what differs here: the
-// kubelet directory, the local root, the FlexVolume directory (the kubelet's
-// volumePluginDir), the API address, and the NFS
-// emulation (this kernel has no NFS; see test/nfsemu) in the pods that
-// mount shares. It waits for the node and controller pods to be ready.
+// InstallMonocsi installs monocsi the way a user does — `helm upgrade
+// --install` of charts/monocsi (whose defaults render manifests/, see
+// charts/render_test.go) with the pinned bin/helm — setting only what differs
+// here: the image, the kubelet directory, the local root, the FlexVolume
+// directory (the kubelet's volumePluginDir), the API address, and the NFS
+// emulation (this kernel has no NFS; see test/nfsemu) in the pods that mount
+// shares. It waits for the node and controller pods to be ready.
 func (c *Cluster) InstallMonocsi(ctx context.Context) error {
-	overlay := filepath.Join(c.Dir, "overlay")
-	if err := os.MkdirAll(overlay, 0o755); err != nil {
-		return err
+	helm := filepath.Join(RepoRoot(), "bin", "helm")
+	if _, err := os.Stat(helm); err != nil {
+		return fmt.Errorf("%s is missing: run `make bin/helm`", helm)
 	}
 	emuBin := filepath.Join(c.Dir, "nfsemu-bin")
 	if err := nfsemu.Build(emuBin); err != nil {
@@ -43,57 +47,69 @@ func (c *Cluster) InstallMonocsi(ctx context.Context) error {
 			return err
 		}
 	}
-	base, err := filepath.Rel(overlay, filepath.Join(RepoRoot(), "manifests"))
-	if err != nil {
-		return err
-	}
 	// Both pods: the emulating mount first on PATH, the servers' disks at
 	// the same path as on the host, and the API server on the host's loopback
 	// (there is no kube-proxy here).
-	emulation := fmt.Sprintf(`    - {op: add, path: /spec/template/spec/containers/0/env/-, value: {name: PATH, value: "%[1]s:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}}
-    - {op: add, path: /spec/template/spec/containers/0/env/-, value: {name: NFS_EMULATION_ROOT, value: "%[2]s"}}
-    - {op: add, path: /spec/template/spec/containers/0/env/-, value: {name: KUBERNETES_SERVICE_HOST, value: "127.0.0.1"}}
-    - {op: add, path: /spec/template/spec/containers/0/env/-, value: {name: KUBERNETES_SERVICE_PORT, value: "%[3]d"}}
-    - {op: add, path: /spec/template/spec/volumes/-, value: {name: nfsemu-bin, hostPath: {path: "%[1]s", type: Directory}}}
-    - {op: add, path: /spec/template/spec/volumes/-, value: {name: nfs-servers, hostPath: {path: "%[2]s", type: Directory}}}
-    - {op: add, path: /spec/template/spec/containers/0/volumeMounts/-, value: {name: nfsemu-bin, mountPath: "%[1]s", readOnly: true}}
-    - {op: add, path: /spec/template/spec/containers/0/volumeMounts/-, value: {name: nfs-servers, mountPath: "%[2]s"}}
-`, emuBin, c.NFSRoot(), c.APIPort)
-	k := fmt.Sprintf(`apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-resources:
-- %s
-patches:
-- target: {kind: DaemonSet, name: monocsi-node}
-  patch: |-
-    - {op: replace, path: /spec/template/spec/containers/0/env/1/value, value: %[2]s}
-    - {op: replace, path: /spec/template/spec/containers/0/volumeMounts/0/mountPath, value: %[2]s}
-    - {op: replace, path: /spec/template/spec/volumes/0/hostPath/path, value: %[2]s}
-    - {op: replace, path: /spec/template/spec/volumes/1/hostPath/path, value: %[3]s}
-    - {op: replace, path: /spec/template/spec/containers/0/env/2/value, value: %[6]s}
-    - {op: replace, path: /spec/template/spec/containers/0/volumeMounts/3/mountPath, value: %[6]s}
-    - {op: replace, path: /spec/template/spec/volumes/3/hostPath/path, value: %[6]s}
-%[4]s- target: {kind: Deployment, name: monocsi-controller}
-  patch: |-
-    # Only loopback networking here; two replicas on one host would also
-    # share the health port, so the test pods go without it.
-    - {op: add, path: /spec/template/spec/hostNetwork, value: true}
-    - {op: replace, path: /spec/template/spec/containers/0/args/2, value: "--http-endpoint="}
-    - {op: remove, path: /spec/template/spec/containers/0/livenessProbe}
-    - {op: replace, path: /spec/template/spec/containers/0/env/1/value, value: %[6]s}
-    - {op: replace, path: /spec/template/spec/containers/0/volumeMounts/1/mountPath, value: %[6]s}
-    - {op: replace, path: /spec/template/spec/volumes/1/hostPath/path, value: %[6]s}
-%[5]s`, base, c.KubeletDir, c.LocalRoot(), emulation, emulation, c.FlexDir)
-	if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(k), 0o644); err != nil {
+	type m = map[string]any
+	emulation := m{
+		"extraEnv": []m{
+			{"name": "PATH", "value": emuBin + ":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+			{"name": "NFS_EMULATION_ROOT", "value": c.NFSRoot()},
+			{"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
+			{"name": "KUBERNETES_SERVICE_PORT", "value": strconv.Itoa(c.APIPort)},
+		},
+		"extraVolumes": []m{
+			{"name": "nfsemu-bin", "hostPath": m{"path": emuBin, "type": "Directory"}},
+			{"name": "nfs-servers", "hostPath": m{"path": c.NFSRoot(), "type": "Directory"}},
+		},
+		"extraVolumeMounts": []m{
+			{"name": "nfsemu-bin", "mountPath": emuBin, "readOnly": true},
+			{"name": "nfs-servers", "mountPath": c.NFSRoot()},
+		},
+	}
+	values, err := json.MarshalIndent(m{"node": emulation, "controller": emulation}, "", "  ")
+	if err != nil {
 		return err
 	}
-	if _, err := c.Kubectl(ctx, "apply", "-k", overlay); err != nil {
+	valuesFile := filepath.Join(c.Dir, "monocsi-values.json")
+	if err := os.WriteFile(valuesFile, values, 0o644); err != nil {
 		return err
+	}
+	repo, tag, digest := splitImage(MonocsiImage)
+	args := []string{"upgrade", "--install", "monocsi", filepath.Join(RepoRoot(), "charts", "monocsi"),
+		"--kubeconfig=" + c.Kubeconfig, "--namespace=default", "--values=" + valuesFile,
+		"--set-string=image.repository=" + repo, "--set-string=image.tag=" + tag, "--set-string=image.digest=" + digest,
+		"--set-string=kubeletDir=" + c.KubeletDir,
+		"--set-string=local.root=" + c.LocalRoot(),
+		"--set-string=flex.dir=" + c.FlexDir,
+		// Only loopback networking here; two replicas on one host would also
+		// share the health port, so the test pods go without it.
+		"--set=controller.hostNetwork=true", "--set=controller.healthPort=0",
+	}
+	cmd := exec.CommandContext(ctx, helm, args...)
+	// Helm's own files (cache, config) stay in the run directory.
+	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+filepath.Join(c.Dir, "helm", "cache"),
+		"HELM_CONFIG_HOME="+filepath.Join(c.Dir, "helm", "config"), "HELM_DATA_HOME="+filepath.Join(c.Dir, "helm", "data"))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("helm %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	if err := c.WaitNodePodReady(ctx, 2*time.Minute); err != nil {
 		return err
 	}
 	return c.WaitRollout(ctx, "deployment/monocsi-controller", 2*time.Minute)
+}
+
+// splitImage splits repository[:tag][@digest] into its parts (tag latest
+// when there is neither: the chart's default tag is its appVersion).
+func splitImage(image string) (repo, tag, digest string) {
+	repo, digest, _ = strings.Cut(image, "@")
+	if i := strings.LastIndex(repo, ":"); i > strings.LastIndex(repo, "/") {
+		repo, tag = repo[:i], repo[i+1:]
+	}
+	if tag == "" && digest == "" {
+		tag = "latest"
+	}
+	return repo, tag, digest
 }
 
 // WaitNodePodReady waits until the monocsi node DaemonSet is fully rolled out.
