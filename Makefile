@@ -13,7 +13,7 @@ HELM_NFS_VALUES     := --set nfs.storageClass.create=true,nfs.storageClass.serve
 
 DEMO_DIR    ?= /tmp/monocsi-demo
 
-.PHONY: all build test unit sanity e2e e2e-nfs bench demo demo-down lint clean
+.PHONY: all build test unit sanity e2e e2e-nfs bench demo demo-down lint clean image image-push image-packages release FORCE
 
 all: build
 
@@ -82,6 +82,32 @@ $(BIN)/helm:
 
 # `make bin/helm` and `make bin/staticcheck` name the same files.
 bin/helm bin/staticcheck: bin/%: $(BIN)/% ;
+
+## image: the multi-arch OCI image archive $(IMAGE_ARCHIVE) (linux/amd64, linux/arm64), built
+## without a container engine from the static binaries and the Debian packages pinned in
+## image/packages.lock (downloaded once into ~/.cache/monocsi/image); prints its digest
+IMAGE         ?= localhost/monocsi:dev
+IMAGE_ARCHES  ?= amd64 arm64
+IMAGE_ARCHIVE ?= $(BIN)/monocsi-image.tar
+image: $(foreach a,$(IMAGE_ARCHES),$(BIN)/linux-$(a)/monocsi)
+	$(GO) run ./hack/mkimage -out $(IMAGE_ARCHIVE) -name $(IMAGE) -version $(VERSION) \
+	  -bins $(subst $(space),$(comma),$(foreach a,$(IMAGE_ARCHES),$(a)=$(BIN)/linux-$(a)/monocsi))
+
+## image-push: push $(IMAGE_ARCHIVE) to IMAGE=<registry>/monocsi:<tag> (credentials: ~/.docker/config.json)
+image-push: image
+	$(GO) run ./hack/mkimage -out $(IMAGE_ARCHIVE) -push $(IMAGE)
+
+## image-packages: pin image/packages.lock's packages to the versions Debian serves now
+image-packages:
+	$(GO) run ./hack/mkimage -update-packages $(subst $(space),$(comma),$(IMAGE_ARCHES))
+
+# One static binary per architecture (GOARM=7 for arm).
+$(BIN)/linux-%/monocsi: FORCE
+	CGO_ENABLED=0 GOOS=linux GOARCH=$* $(if $(filter arm,$*),GOARM=7) $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/monocsi
+
+FORCE:
+comma := ,
+space := $(subst ,, )
 
 clean:
 	rm -rf $(BIN) sanity.out e2e.out e2e-nfs.out

@@ -1,0 +1,284 @@
+package imagebuild
+
+import (
+	"archive/tar"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+)
+
+// Config is what an image runs.
+type Config struct {
+	Entrypoint []string
+	Cmd        []string
+	Env        []string
+	Labels     map[string]string
+}
+
+// Image returns a single-layer OCI image of files for platform p. The layer
+// is generated again each time it is read, so nothing is held in memory;
+// the files must stay in place while the image is used.
+func Image(p v1.Platform, cfg Config, files []File) (v1.Image, error) {
+	entries, err := tree(files)
+	if err != nil {
+		return nil, err
+	}
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+		pr, pw := io.Pipe()
+		go func() { pw.CloseWithError(writeLayer(pw, entries)) }()
+		return pr, nil
+	}, tarball.WithMediaType(types.OCILayer))
+	if err != nil {
+		return nil, err
+	}
+	img, err := mutate.Append(mutate.MediaType(mutate.ConfigMediaType(empty.Image, types.OCIConfigJSON), types.OCIManifestSchema1),
+		mutate.Addendum{Layer: layer, MediaType: types.OCILayer})
+	if err != nil {
+		return nil, err
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return nil, err
+	}
+	cf = cf.DeepCopy()
+	cf.Architecture, cf.OS, cf.Variant = p.Architecture, p.OS, p.Variant
+	cf.Created = v1.Time{Time: Epoch}
+	cf.Config = v1.Config{Entrypoint: cfg.Entrypoint, Cmd: cfg.Cmd, Env: cfg.Env, Labels: cfg.Labels}
+	cf.History = nil
+	return mutate.ConfigFile(img, cf)
+}
+
+// Platform is one architecture an image is built for, in the names of the
+// OCI spec, Go and Debian.
+type Platform struct {
+	OCI    v1.Platform
+	GOARCH string
+	GOARM  string
+	Debian string // dpkg architecture
+	Triple string // multiarch library directory name
+}
+
+// Platforms are the architectures monocsi's image is built for.
+var Platforms = []Platform{
+	{OCI: v1.Platform{OS: "linux", Architecture: "amd64"}, GOARCH: "amd64", Debian: "amd64", Triple: "x86_64-linux-gnu"},
+	{OCI: v1.Platform{OS: "linux", Architecture: "arm64", Variant: "v8"}, GOARCH: "arm64", Debian: "arm64", Triple: "aarch64-linux-gnu"},
+	{OCI: v1.Platform{OS: "linux", Architecture: "arm", Variant: "v7"}, GOARCH: "arm", GOARM: "7", Debian: "armhf", Triple: "arm-linux-gnueabihf"},
+}
+
+// PlatformByDebian returns the platform with dpkg architecture arch.
+func PlatformByDebian(arch string) (Platform, bool) {
+	for _, p := range Platforms {
+		if p.Debian == arch {
+			return p, true
+		}
+	}
+	return Platform{}, false
+}
+
+// Index returns the multi-arch index of imgs, each with its platform.
+func Index(imgs map[string]v1.Image) (v1.ImageIndex, error) {
+	var adds []mutate.IndexAddendum
+	var archs []string
+	for a := range imgs {
+		archs = append(archs, a)
+	}
+	sort.Strings(archs) // a map's order must not change the digest
+	for _, a := range archs {
+		img := imgs[a]
+		cf, err := img.ConfigFile()
+		if err != nil {
+			return nil, err
+		}
+		p := cf.Platform()
+		adds = append(adds, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: p}})
+	}
+	return mutate.AppendManifests(mutate.IndexMediaType(empty.Index, types.OCIImageIndex), adds...), nil
+}
+
+// WriteOCIArchive writes idx as an OCI image layout in a tar archive at
+// out, named ref (for `ctr images import` and `k3s ctr images import`,
+// which read io.containerd.image.name). The archive appears atomically,
+// and its bytes depend only on idx and ref.
+func WriteOCIArchive(out, ref string, idx v1.ImageIndex) error {
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		return fmt.Errorf("image name %q: %w", ref, err)
+	}
+	tag := "latest"
+	if t, ok := r.(name.Tag); ok {
+		tag = t.TagStr()
+	}
+	dir, err := os.MkdirTemp(filepath.Dir(out), ".oci-layout-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	p, err := layout.Write(dir, empty.Index)
+	if err != nil {
+		return err
+	}
+	if err := p.AppendIndex(idx, layout.WithAnnotations(map[string]string{
+		"io.containerd.image.name":          r.Name(),
+		"org.opencontainers.image.ref.name": tag,
+	})); err != nil {
+		return err
+	}
+	return atomicTar(out, dir)
+}
+
+// atomicTar writes the files under dir, sorted, owned by root and dated
+// Epoch, as a tar at out.
+func atomicTar(out, dir string) error {
+	var names []string
+	if err := filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		if p != dir {
+			names = append(names, p)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	sort.Strings(names)
+	tmp, err := os.CreateTemp(filepath.Dir(out), ".archive-*.tar")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	tw := tar.NewWriter(tmp)
+	for _, p := range names {
+		fi, err := os.Lstat(p)
+		if err != nil {
+			tmp.Close()
+			return err
+		}
+		rel := strings.TrimPrefix(p, dir+"/")
+		if fi.IsDir() {
+			hdr := header(rel+"/", 0o755, 0)
+			hdr.Typeflag = tar.TypeDir
+			err = tw.WriteHeader(hdr)
+		} else {
+			err = copyFile(tw, File{Path: rel, Src: p, Mode: 0o644})
+		}
+		if err != nil {
+			tmp.Close()
+			return err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), out)
+}
+
+// ReadOCIArchive opens the image index of an archive written by
+// WriteOCIArchive, unpacked into dir (which the caller removes).
+func ReadOCIArchive(archive, dir string) (v1.ImageIndex, error) {
+	if err := untar(archive, dir); err != nil {
+		return nil, err
+	}
+	top, err := layout.ImageIndexFromPath(dir)
+	if err != nil {
+		return nil, err
+	}
+	im, err := top.IndexManifest()
+	if err != nil {
+		return nil, err
+	}
+	if len(im.Manifests) != 1 {
+		return nil, fmt.Errorf("%s: %d entries in index.json, want 1", archive, len(im.Manifests))
+	}
+	return top.ImageIndex(im.Manifests[0].Digest)
+}
+
+// untar extracts an archive of plain directories and files into dir.
+func untar(archive, dir string) error {
+	f, err := os.Open(archive)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	tr := tar.NewReader(f)
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", archive, err)
+		}
+		p := filepath.Join(dir, filepath.Clean("/"+hdr.Name))
+		switch hdr.Typeflag {
+		case tar.TypeDir:
+			err = os.MkdirAll(p, 0o755)
+		case tar.TypeReg:
+			err = writeFile(p, tr)
+		default:
+			err = fmt.Errorf("%s: unexpected entry %s", archive, hdr.Name)
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+func writeFile(p string, r io.Reader) error {
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return err
+	}
+	f, err := os.Create(p)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, r); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// WriteDockerArchive writes img as a `docker save` tarball tagged tag (what
+// the test cluster imports for its helper images).
+func WriteDockerArchive(out, tag string, img v1.Image) error {
+	t, err := name.NewTag(tag)
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(filepath.Dir(out), "."+filepath.Base(out)+".tmp")
+	if err := tarball.WriteToFile(tmp, t, img); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return os.Rename(tmp, out)
+}
+
+// inode identifies a regular file, for finding hard links.
+func inode(fi os.FileInfo) ([2]uint64, bool) {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok || st.Nlink < 2 {
+		return [2]uint64{}, false
+	}
+	return [2]uint64{uint64(st.Dev), st.Ino}, true
+}
