@@ -13,7 +13,7 @@ HELM_NFS_VALUES     := --set nfs.storageClass.create=true,nfs.storageClass.serve
 
 DEMO_DIR    ?= /tmp/monocsi-demo
 
-.PHONY: all build test unit sanity e2e e2e-nfs bench demo demo-down lint clean image image-push image-packages release FORCE
+.PHONY: all build test unit sanity e2e e2e-nfs bench demo demo-down lint clean image image-push image-packages release image-test FORCE
 
 all: build
 
@@ -23,12 +23,12 @@ build:
 
 ## test: lint, unit tests, node-role tests, csi-sanity, the e2e tests and the NFS tests in a VM (the CI command)
 test:
-	@./hack/stages.sh lint unit sanity e2e e2e-nfs
+	@./hack/stages.sh lint unit image-test sanity e2e e2e-nfs
 
 ## unit: unit tests (real mounts: run as root), the node-role tests and the chart's
 ## rendering test (which needs kubectl: Kubernetes is built on first use, hence the timeout)
 unit: $(BIN)/helm
-	$(GO) test -count=1 -timeout 30m $$($(GO) list ./... | grep -v -e /test/sanity -e /test/e2e)
+	$(GO) test -count=1 -timeout 30m $$($(GO) list ./... | grep -v -e /test/sanity -e /test/e2e -e /test/image)
 
 ## sanity: the upstream csi-sanity suite (csi-test v5.6.0) against `monocsi serve`
 sanity:
@@ -92,6 +92,13 @@ IMAGE_ARCHIVE ?= $(BIN)/monocsi-image.tar
 image: $(foreach a,$(IMAGE_ARCHES),$(BIN)/linux-$(a)/monocsi)
 	$(GO) run ./hack/mkimage -out $(IMAGE_ARCHIVE) -name $(IMAGE) -version $(VERSION) \
 	  -bins $(subst $(space),$(comma),$(foreach a,$(IMAGE_ARCHES),$(a)=$(BIN)/linux-$(a)/monocsi))
+
+## image-test: the image's contents per architecture, its amd64 tools run, a second build's
+## digest, a push to a registry (go-containerregistry's, on loopback)
+image-test: image
+	MONOCSI_IMAGE_ARCHIVE=$(IMAGE_ARCHIVE) MONOCSI_IMAGE="$(IMAGE)" MONOCSI_IMAGE_VERSION=$(VERSION) MONOCSI_IMAGE_ARCHES="$(IMAGE_ARCHES)" \
+	  MONOCSI_IMAGE_BINS=$(subst $(space),$(comma),$(foreach a,$(IMAGE_ARCHES),$(a)=$(BIN)/linux-$(a)/monocsi)) \
+	  $(GO) test -count=1 -v ./test/image/ 2>&1 | grep -E '^(---|ok|FAIL|PASS|\s+image_test)|image_test.go' ; exit $${PIPESTATUS[0]}
 
 ## image-push: push $(IMAGE_ARCHIVE) to IMAGE=<registry>/monocsi:<tag> (credentials: ~/.docker/config.json)
 image-push: image

@@ -27,12 +27,21 @@ func main() {
 	ref := flag.String("name", "localhost/monocsi:dev", "the image name recorded in the archive")
 	version := flag.String("version", "dev", "recorded in the image's labels")
 	push := flag.String("push", "", "push the archive given by -out to this reference instead of building")
+	unpack := flag.String("unpack", "", "unpack the root filesystem of -platform from the archive given by -out into this directory instead of building")
+	platform := flag.String("platform", "linux/amd64", "with -unpack: the platform")
 	update := flag.String("update-packages", "", "re-pin the packages of -packages for these Debian architectures (comma-separated) to the versions apt serves now")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if *cache == "" {
 		*cache = defaultCache()
+	}
+	if *unpack != "" {
+		if err := imagebuild.Unpack(*out, *platform, *unpack); err != nil {
+			fmt.Fprintln(os.Stderr, "mkimage:", err)
+			os.Exit(1)
+		}
+		return
 	}
 	if err := run(ctx, *lock, *cache, *bins, *out, *ref, *version, *push, *update); err != nil {
 		fmt.Fprintln(os.Stderr, "mkimage:", err)

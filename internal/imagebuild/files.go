@@ -8,6 +8,7 @@ package imagebuild
 
 import (
 	"archive/tar"
+	"debug/elf"
 	"errors"
 	"fmt"
 	"io"
@@ -278,4 +279,20 @@ func (r *Rootfs) firstSymlink(p string) (link, rest string, err error) {
 		}
 	}
 	return "", p, nil
+}
+
+// IsStatic reports whether the ELF binary at p runs without a dynamic
+// loader.
+func IsStatic(p string) (bool, error) {
+	f, err := elf.Open(p)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	for _, prog := range f.Progs {
+		if prog.Type == elf.PT_INTERP {
+			return false, nil
+		}
+	}
+	return true, nil
 }

@@ -282,3 +282,90 @@ func inode(fi os.FileInfo) ([2]uint64, bool) {
 	}
 	return [2]uint64{uint64(st.Dev), st.Ino}, true
 }
+
+// Unpack writes the root filesystem of the image for platform (such as
+// linux/amd64) in the archive at archive into dir, which must be empty or
+// missing. Entries are created through an os.Root, so no name in the
+// image can reach outside dir.
+func Unpack(archive, platform, dir string) error {
+	want, err := v1.ParsePlatform(platform)
+	if err != nil {
+		return err
+	}
+	scratch, err := os.MkdirTemp("", "unpack-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(scratch)
+	idx, err := ReadOCIArchive(archive, scratch)
+	if err != nil {
+		return err
+	}
+	im, err := idx.IndexManifest()
+	if err != nil {
+		return err
+	}
+	for _, m := range im.Manifests {
+		if m.Platform == nil || m.Platform.OS != want.OS || m.Platform.Architecture != want.Architecture {
+			continue
+		}
+		img, err := idx.Image(m.Digest)
+		if err != nil {
+			return err
+		}
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+		rc := mutate.Extract(img)
+		defer rc.Close()
+		return extractLayer(rc, dir)
+	}
+	return fmt.Errorf("%s: no image for %s", archive, platform)
+}
+
+func extractLayer(r io.Reader, dir string) error {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	tr := tar.NewReader(r)
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		name := strings.TrimSuffix(filepath.Clean(hdr.Name), "/")
+		mode := os.FileMode(hdr.Mode).Perm()
+		switch hdr.Typeflag {
+		case tar.TypeDir:
+			if err := root.MkdirAll(name, 0o755); err != nil {
+				return err
+			}
+			if hdr.Mode&0o1000 != 0 {
+				mode |= os.ModeSticky
+			}
+			err = root.Chmod(name, mode)
+		case tar.TypeSymlink:
+			err = root.Symlink(hdr.Linkname, name)
+		case tar.TypeLink:
+			err = root.Link(hdr.Linkname, name)
+		case tar.TypeReg:
+			var f *os.File
+			if f, err = root.OpenFile(name, os.O_CREATE|os.O_EXCL|os.O_WRONLY, mode); err == nil {
+				_, err = io.Copy(f, tr)
+				if cerr := f.Close(); err == nil {
+					err = cerr
+				}
+			}
+		default:
+			err = fmt.Errorf("%s: unsupported entry type %c", hdr.Name, hdr.Typeflag)
+		}
+		if err != nil {
+			return err
+		}
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
 	"time"
@@ -308,10 +309,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 	}
 }
 
-// ImportImage imports a docker-save tarball into the cluster's containerd.
+// ImportImage imports an image archive (docker-save or OCI, as `k3s ctr
+// images import` would) into the cluster's containerd: this machine's
+// platform of a multi-arch one.
 func (c *Cluster) ImportImage(ctx context.Context, tarball string) error {
 	out, err := exec.CommandContext(ctx, "ctr", "--address", c.ContainerdSock, "-n", "k8s.io",
-		"images", "import", "--no-unpack", tarball).CombinedOutput()
+		"images", "import", "--no-unpack", "--platform", "linux/"+runtime.GOARCH, tarball).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("import %s: %v\n%s", tarball, err, out)
 	}

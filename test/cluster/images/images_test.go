@@ -18,6 +18,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/monocsi/monocsi/internal/imagebuild"
 )
 
 // pauseBin is the pause program, built once by TestMain. Being a small
@@ -75,51 +79,41 @@ type image struct {
 // and layer agree.
 func readImage(t *testing.T, p string) *image {
 	t.Helper()
-	blobs := map[string][]byte{}
-	f, err := os.Open(p)
+	mf, err := tarball.LoadManifest(func() (io.ReadCloser, error) { return os.Open(p) })
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	tr := tar.NewReader(f)
-	for {
-		hdr, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if blobs[hdr.Name], err = io.ReadAll(tr); err != nil {
-			t.Fatal(err)
-		}
+	if len(mf) != 1 || len(mf[0].Layers) != 1 {
+		t.Fatalf("manifest.json: want one image with one layer, got %+v", mf)
 	}
-	var manifest []struct {
-		Config   string
-		RepoTags []string
-		Layers   []string
+	img := &image{tags: mf[0].RepoTags, layer: layer{}}
+	vi, err := tarball.ImageFromPath(p, nil)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if err := json.Unmarshal(blobs["manifest.json"], &manifest); err != nil {
-		t.Fatalf("manifest.json: %v", err)
+	raw, err := vi.RawConfigFile()
+	if err != nil {
+		t.Fatal(err)
 	}
-	if len(manifest) != 1 || len(manifest[0].Layers) != 1 {
-		t.Fatalf("manifest.json: want one image with one layer, got %+v", manifest)
-	}
-	img := &image{tags: manifest[0].RepoTags, layer: layer{}}
-	config, ok := blobs[manifest[0].Config]
-	if !ok {
-		t.Fatalf("config %q missing", manifest[0].Config)
-	}
-	if err := json.Unmarshal(config, &img.config); err != nil {
+	if err := json.Unmarshal(raw, &img.config); err != nil {
 		t.Fatalf("config: %v", err)
 	}
 	c := img.config
 	if c.OS != "linux" || c.Architecture == "" || c.RootFS.Type != "layers" {
 		t.Errorf("config: os %q, architecture %q, rootfs type %q", c.OS, c.Architecture, c.RootFS.Type)
 	}
-	data, ok := blobs[manifest[0].Layers[0]]
-	if !ok {
-		t.Fatalf("layer %q missing", manifest[0].Layers[0])
+	layers, err := vi.Layers()
+	if err != nil || len(layers) != 1 {
+		t.Fatalf("layers: %d, %v", len(layers), err)
+	}
+	rc, err := layers[0].Uncompressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
 	}
 	sum := sha256.Sum256(data)
 	if want := []string{"sha256:" + hex.EncodeToString(sum[:])}; !slices.Equal(c.RootFS.DiffIDs, want) {
@@ -147,7 +141,7 @@ func readImage(t *testing.T, p string) *image {
 				t.Errorf("layer entry %q comes before (or without) its parent directory", name)
 			}
 		}
-		if hdr.Uid != 0 || hdr.Gid != 0 || !hdr.ModTime.Equal(epoch) {
+		if hdr.Uid != 0 || hdr.Gid != 0 || !hdr.ModTime.Equal(imagebuild.Epoch) {
 			t.Errorf("%s: uid %d gid %d mtime %v", name, hdr.Uid, hdr.Gid, hdr.ModTime)
 		}
 		h := sha256.New()
@@ -325,7 +319,7 @@ func TestPause(t *testing.T) {
 	if h := img.layer["pause"].hdr; h == nil || h.Mode != 0o755 {
 		t.Errorf("/pause: %+v", h)
 	}
-	if static, err := isStatic(pauseBin); err != nil || !static {
+	if static, err := imagebuild.IsStatic(pauseBin); err != nil || !static {
 		t.Errorf("pause is not static: %v", err)
 	}
 }
@@ -381,61 +375,4 @@ func TestBusybox(t *testing.T) {
 		img.layer.mustBeLink(t, "/bin/"+applet, "busybox")
 	}
 	img.layer.mustBeDir(t, "/tmp", 0o1777)
-}
-
-func TestMonocsi(t *testing.T) {
-	const tag = "localhost/monocsi:test"
-	out := writeTwice(t, func(out string) error { return Monocsi(out, tag, pauseBin) })
-	img := readImage(t, out)
-	if c := img.config.Config; !slices.Equal(img.tags, []string{tag}) || !slices.Equal(c.Entrypoint, []string{"/monocsi"}) || !slices.Equal(c.Env, []string{PATH}) {
-		t.Errorf("tags %q, config %+v", img.tags, c)
-	}
-	l := img.layer
-	l.mustBeFile(t, "/monocsi", pauseBin)
-	l.mustBeLink(t, "/etc/mtab", "/proc/self/mounts")
-	l.mustBeDir(t, "/tmp", 0o1777)
-	for _, d := range []string{"/proc", "/sys", "/dev", "/run"} {
-		l.mustBeDir(t, d, 0o755)
-	}
-	// Every tool the host has is in the image under each name the host
-	// has for it, with the loader and libraries ldd finds for it.
-	for _, name := range append(requiredTools, optionalTools...) {
-		host, ok := findTool(name)
-		if !ok {
-			if isRequired(name) {
-				t.Errorf("%s not on the host, but Monocsi succeeded", name)
-			}
-			t.Logf("%s not on the host: skipped", name)
-			continue
-		}
-		for _, d := range toolDirs {
-			if _, err := os.Stat(filepath.Join(d, name)); err == nil {
-				l.mustBeFile(t, filepath.Join(d, name), host)
-			}
-		}
-		libs, err := sharedLibs(host)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(libs) == 0 {
-			t.Logf("%s is static", host)
-		}
-		for _, lib := range libs {
-			l.mustBeFile(t, lib, lib)
-		}
-	}
-}
-
-func TestParseLdd(t *testing.T) {
-	out := `	linux-vdso.so.1 (0x00007ffd)
-	libmount.so.1 => /lib/x86_64-linux-gnu/libmount.so.1 (0x00007f1)
-	/lib64/ld-linux-x86-64.so.2 (0x00007f2)
-`
-	libs, err := parseLdd("mount", []byte(out))
-	if want := []string{"/lib/x86_64-linux-gnu/libmount.so.1", "/lib64/ld-linux-x86-64.so.2"}; err != nil || !slices.Equal(libs, want) {
-		t.Errorf("got %q, %v; want %q", libs, err, want)
-	}
-	if _, err := parseLdd("x", []byte("\tlibfoo.so.1 => not found\n")); err == nil || !strings.Contains(err.Error(), "libfoo.so.1") {
-		t.Errorf("missing library: error %v", err)
-	}
 }
