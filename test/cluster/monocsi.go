@@ -51,9 +51,24 @@ func (c *Cluster) InstallMonocsi(ctx context.Context) error {
 	// the same path as on the host, and the API server on the host's loopback
 	// (there is no kube-proxy here).
 	type m = map[string]any
+	// FlexVolume commands run on the host (the chart's flex.exec=host)
+	// through nsenter, here into containerd's mount namespace: this
+	// machine's PID 1 cannot be entered. The emulating mount comes first on
+	// their PATH too.
+	ctrd := 0
+	for _, p := range c.Procs {
+		if p.Name == "containerd" {
+			ctrd = p.PID
+		}
+	}
+	if ctrd == 0 {
+		return fmt.Errorf("no containerd process recorded for this cluster")
+	}
+	hostPath := emuBin + ":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 	emulation := m{
+		"extraArgs": []string{fmt.Sprintf("--flex-mount-ns=/proc/%d/ns/mnt", ctrd), "--flex-path=" + hostPath},
 		"extraEnv": []m{
-			{"name": "PATH", "value": emuBin + ":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+			{"name": "PATH", "value": hostPath},
 			{"name": "NFS_EMULATION_ROOT", "value": c.NFSRoot()},
 			{"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
 			{"name": "KUBERNETES_SERVICE_PORT", "value": strconv.Itoa(c.APIPort)},
