@@ -45,9 +45,10 @@ e2e: $(BIN)/helm
 ## VM with a real kernel NFS server (User-Mode Linux; the image is built and cached
 ## on first use, see test/nfsvm), once with nfsvers=4.1 and once with nfsvers=3.
 ## Static binaries: the guest has no Go toolchain. Full output in e2e-nfs.out.
-e2e-nfs: build
+e2e-nfs: image
 	CGO_ENABLED=0 $(GO) test -c -o $(BIN)/nfsvm/sanity.test ./test/sanity
-	./test/nfsvm/e2e.sh $(BIN)/monocsi $(BIN)/nfsvm/sanity.test
+	rm -rf $(BIN)/nfsvm/image && $(GO) run ./hack/mkimage -out $(IMAGE_ARCHIVE) -unpack $(BIN)/nfsvm/image -platform linux/amd64
+	./test/nfsvm/e2e.sh $(BIN)/nfsvm/image $(BIN)/nfsvm/sanity.test
 
 ## bench: provisioning benchmark on the test cluster (N=200 claims; BENCH_N to change); writes BENCHMARKS.md
 BENCH_N ?= 200
@@ -100,6 +101,15 @@ image-test: image
 	  MONOCSI_IMAGE_BINS=$(subst $(space),$(comma),$(foreach a,$(IMAGE_ARCHES),$(a)=$(BIN)/linux-$(a)/monocsi)) \
 	  $(GO) test -count=1 -v ./test/image/ 2>&1 | grep -E '^(---|ok|FAIL|PASS|\s+image_test)|image_test.go' ; exit $${PIPESTATUS[0]}
 
+## release: VERSION=vX.Y.Z: the bundle in dist/ (binaries, image archive of RELEASE_REPO:VERSION,
+## install.yaml and the chart with the image pinned by digest, SHA256SUMS); see hack/release.sh
+RELEASE_REPO ?= ghcr.io/monocsi/monocsi
+release: $(BIN)/helm
+	@[[ "$(VERSION)" =~ ^v[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?$$ ]] || { echo "make release VERSION=vX.Y.Z (got $(VERSION))"; exit 1; }
+	rm -rf dist && mkdir -p dist
+	$(MAKE) --no-print-directory image IMAGE=$(RELEASE_REPO):$(VERSION) IMAGE_ARCHIVE=$(CURDIR)/dist/monocsi-image-$(VERSION).tar
+	./hack/release.sh $(VERSION) $(RELEASE_REPO) "$$($(GO) run ./test/cluster/testcluster bin)/kubectl" $(BIN)/helm $(IMAGE_ARCHES)
+
 ## image-push: push $(IMAGE_ARCHIVE) to IMAGE=<registry>/monocsi:<tag> (credentials: ~/.docker/config.json)
 image-push: image
 	$(GO) run ./hack/mkimage -out $(IMAGE_ARCHIVE) -push $(IMAGE)
@@ -117,4 +127,4 @@ comma := ,
 space := $(subst ,, )
 
 clean:
-	rm -rf $(BIN) sanity.out e2e.out e2e-nfs.out
+	rm -rf $(BIN) dist sanity.out e2e.out e2e-nfs.out

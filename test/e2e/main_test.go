@@ -78,7 +78,7 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "e2e: FAIL: install monocsi:", err)
 		return 1
 	}
-	fmt.Printf("==> monocsi installed from manifests/ in %s\n", time.Since(install).Round(100*time.Millisecond))
+	fmt.Printf("==> monocsi installed with its chart in %s\n", time.Since(install).Round(100*time.Millisecond))
 	tests := time.Now()
 	code = m.Run()
 	fmt.Printf("==> e2e tests: %s\n", time.Since(tests).Round(100*time.Millisecond))

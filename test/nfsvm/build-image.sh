@@ -49,8 +49,9 @@ UV=$(ls uml/usr/lib/uml/modules)
 
 t "debootstrap $SUITE from $MIRROR"
 # nfs-kernel-server: rpc.nfsd, mountd, exportfs; nfs-common: mount.nfs, statd.
-# util-linux/mount come with minbase (mount, findmnt); busybox: poweroff -f.
-debootstrap --variant=minbase --include=nfs-kernel-server,nfs-common,kmod,iproute2,procps,busybox \
+# util-linux/mount come with minbase (mount, findmnt); busybox: poweroff -f;
+# jq (and minbase's bash): the FlexVolume script the tests run on the "host".
+debootstrap --variant=minbase --include=nfs-kernel-server,nfs-common,kmod,iproute2,procps,busybox,jq \
   "$SUITE" rootfs "$MIRROR" > debootstrap.log 2>&1 || { tail -30 debootstrap.log; exit 1; }
 
 t "guest init, server scripts, kernel modules"

@@ -1,14 +1,20 @@
 #!/bin/bash
-# e2e.sh MONOCSI SANITY_TEST — what `make e2e-nfs` runs: the prebuilt static
-# binaries go into a fresh share directory with a generated run.sh, the NFS
-# test VM boots once (boot.sh), and the guest runs the test binary twice
-# against its own kernel NFS server, with nfsvers=4.1 and nfsvers=3.
+# e2e.sh IMAGEROOT SANITY_TEST — what `make e2e-nfs` runs: the root
+# filesystem of the image users run (`make image`, linux/amd64, unpacked) and
+# the static test binary go into a fresh share directory with a generated
+# run.sh, the NFS test VM boots once (boot.sh), and the guest runs the test
+# binary twice against its own kernel NFS server, with nfsvers=4.1 and
+# nfsvers=3. monocsi runs chrooted in that root filesystem, as in its
+# container: its mount, mount.nfs and libraries are the image's, not the
+# guest's; FlexVolume scripts reach the guest's root through nsenter, as
+# they reach a node's in a cluster.
 # Prints each run's summary (and its tail on failure), writes everything to
 # e2e-nfs.out. Exit 0 all passed, or SKIP (no VM backend); else 1.
 #   MONOCSI_NFSVM_RUN  -test.run pattern (default NFS: the NFS driver's tests)
 #   NFSVM_TIMEOUT      bound of the whole VM run in seconds (default 600)
 set -uo pipefail
-MONOCSI=$(realpath "${1:?usage: e2e.sh MONOCSI SANITY_TEST}") SANITY=$(realpath "${2:?usage: e2e.sh MONOCSI SANITY_TEST}") || exit 1
+IMAGEROOT=$(realpath "${1:?usage: e2e.sh IMAGEROOT SANITY_TEST}") SANITY=$(realpath "${2:?usage: e2e.sh IMAGEROOT SANITY_TEST}") || exit 1
+[ -x "$IMAGEROOT/monocsi" ] && [ -x "$IMAGEROOT/sbin/mount.nfs" ] || { echo "FAIL: $IMAGEROOT is not monocsi's image root (no /monocsi or /sbin/mount.nfs)"; exit 1; }
 SRC=$(cd "$(dirname "$0")" && pwd)
 OUT=$(cd "$SRC/../.." && pwd)/e2e-nfs.out
 RUN=${MONOCSI_NFSVM_RUN:-NFS}
@@ -21,18 +27,29 @@ SUITE_TIMEOUT=$(( (NFSVM_TIMEOUT - 60) / 2 )); [ $SUITE_TIMEOUT -ge 30 ] || SUIT
 work=$(mktemp -d "${TMPDIR:-/tmp}/monocsi-e2e-nfs.XXXXXX") || exit 1
 trap 'rm -rf "$work"' EXIT
 share=$work/share
-mkdir "$share" && cp "$MONOCSI" "$share/monocsi" && cp "$SANITY" "$share/sanity.test" || exit 1
+mkdir "$share" && cp -a "$IMAGEROOT" "$share/image" && cp "$SANITY" "$share/sanity.test" || exit 1
 
 # Runs in the guest as root, cwd /host, TMPDIR=/tmp (a tmpfs).
 cat > "$share/run.sh" <<EOF
 #!/bin/sh
-export MONOCSI_TEST_BIN=/host/monocsi MONOCSI_NFS_SERVER=127.0.0.1 MONOCSI_NFS_SHARE=/srv/export
+# The image's root, as a container runtime would set it up: /proc, /sys,
+# /dev and a fresh /run; /tmp, where the tests put targets and working
+# directories, is the guest's /tmp, shared both ways so that mounts made in
+# the image are the test's and the other way round.
+cp -a /host/image /image || { echo "RESULT image=FAIL"; exit 1; }
+mount --make-shared /tmp && mount --rbind /tmp /image/tmp && mount -t proc proc /image/proc &&
+  mount --rbind /sys /image/sys && mount --rbind /dev /image/dev && mount -t tmpfs tmpfs /image/run ||
+  { echo "RESULT image=FAIL"; exit 1; }
+printf '#!/bin/sh\nexec chroot /image /monocsi "\$@"\n' > /usr/local/bin/monocsi-in-image && chmod 755 /usr/local/bin/monocsi-in-image
+echo "RESULT image=OK (\$(chroot /image /sbin/mount.nfs -V 2>&1), monocsi \$(chroot /image /monocsi version 2>&1))"
+export MONOCSI_TEST_BIN=/usr/local/bin/monocsi-in-image MONOCSI_NFS_SERVER=127.0.0.1 MONOCSI_NFS_SHARE=/srv/export
 export MONOCSI_NFS_SERVER_STOP=/usr/local/sbin/nfs-server-stop MONOCSI_NFS_SERVER_START=/usr/local/sbin/nfs-server-start
 export TMPDIR=/tmp
-# Check the server serves before any test runs, so a broken VM shows as such.
-mkdir -p /mnt/nfs-check
-if mount -t nfs -o nfsvers=4.1 127.0.0.1:/srv/export /mnt/nfs-check && echo ok > /mnt/nfs-check/.check &&
-   [ "\$(cat /srv/export/.check)" = ok ] && rm /mnt/nfs-check/.check && umount /mnt/nfs-check; then
+# Check the server serves, to the image's own mount and mount.nfs, before
+# any test runs, so a broken VM or image shows as such.
+mkdir -p /tmp/nfs-check
+if chroot /image /bin/mount -t nfs -o nfsvers=4.1 127.0.0.1:/srv/export /tmp/nfs-check && echo ok > /tmp/nfs-check/.check &&
+   [ "\$(cat /srv/export/.check)" = ok ] && rm /tmp/nfs-check/.check && chroot /image /bin/umount /tmp/nfs-check && rmdir /tmp/nfs-check; then
   echo "RESULT nfs-check=OK"
 else
   echo "RESULT nfs-check=FAIL"; exit 1
@@ -63,6 +80,9 @@ if [ $rc -ne 0 ]; then # boot failed or timed out: show where the guest was
   echo "FAIL: e2e-nfs (full output in $OUT)"; exit 1
 fi
 
+grep -q '^RESULT image=OK' "$share/console.log" ||
+  { echo "FAIL: the image's root filesystem could not be set up in the guest (console in $OUT)"; exit 1; }
+grep '^RESULT image=OK' "$share/console.log" | tr -d '\r'
 grep -q '^RESULT nfs-check=OK' "$share/console.log" ||
   { echo "FAIL: the guest's NFS server does not serve; no test ran (console in $OUT)"; exit 1; }
 status=0

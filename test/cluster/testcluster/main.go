@@ -1,7 +1,8 @@
 // Command testcluster starts and stops the project's test cluster for
 // `make demo`: `testcluster demo DIR` leaves a single-node Kubernetes with
 // monocsi installed and a pod writing into a monocsi volume running;
-// `testcluster down DIR` removes it all.
+// `testcluster down DIR` removes it all; `testcluster bin` prints the
+// directory of the Kubernetes binaries.
 package main
 
 import (
@@ -17,8 +18,19 @@ import (
 )
 
 func main() {
+	if len(os.Args) == 2 && os.Args[1] == "bin" {
+		// The Kubernetes binaries' directory (built when missing), for
+		// make release's kubectl.
+		dir, err := cluster.EnsureBinaries(os.Stderr)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "testcluster:", err)
+			os.Exit(1)
+		}
+		fmt.Println(dir)
+		return
+	}
 	if len(os.Args) != 3 || (os.Args[1] != "demo" && os.Args[1] != "down") {
-		fmt.Fprintln(os.Stderr, "usage: testcluster demo|down DIR")
+		fmt.Fprintln(os.Stderr, "usage: testcluster demo|down DIR | testcluster bin")
 		os.Exit(2)
 	}
 	if err := run(os.Args[1], os.Args[2]); err != nil {
@@ -59,7 +71,7 @@ func run(cmd, dir string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Println("==> installing monocsi from manifests/ (kubectl apply -k)")
+	fmt.Println("==> installing monocsi with its chart (helm upgrade --install monocsi charts/monocsi)")
 	if err := c.InstallMonocsi(ctx); err != nil {
 		return err
 	}
@@ -67,7 +79,8 @@ func run(cmd, dir string) error {
 }
 
 // demo creates a local volume through the driver's CSI socket, then the
-// example PV, claim and pod, and shows what happened.
+// example PV, claim and pod, and a claim of monocsi-local provisioned for
+// its pod, and shows what happened.
 func demo(ctx context.Context, c *cluster.Cluster) error {
 	fmt.Println("==> creating local volume \"demo\" (CreateVolume on the node's CSI socket)")
 	if err := c.CreateLocalVolume(ctx, "demo"); err != nil {
@@ -99,6 +112,27 @@ func demo(ctx context.Context, c *cluster.Cluster) error {
 	if err != nil {
 		return fmt.Errorf("the pod's file never appeared at %s: %w", hello, err)
 	}
+	fmt.Println("==> kubectl apply -f manifests/examples/local-dynamic.yaml (a claim of monocsi-local, pod)")
+	if _, err := c.Kubectl(ctx, "apply", "-f", filepath.Join(cluster.RepoRoot(), "manifests", "examples", "local-dynamic.yaml")); err != nil {
+		return err
+	}
+	if _, err := c.Kubectl(ctx, "wait", "--for=condition=Ready", "pod/demo-dynamic", "--timeout=120s"); err != nil {
+		return err
+	}
+	pv, err := c.Kubectl(ctx, "get", "pvc", "demo-dynamic", "-o", "jsonpath={.spec.volumeName}")
+	if err != nil {
+		return err
+	}
+	dynamic := filepath.Join(c.LocalRoot(), strings.TrimSpace(pv), "hello.txt")
+	for range 40 {
+		if _, err = os.Stat(dynamic); err == nil {
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if err != nil {
+		return fmt.Errorf("the dynamic pod's file never appeared at %s: %w", dynamic, err)
+	}
 	show := func(args ...string) {
 		out, err := c.Kubectl(ctx, args...)
 		if err != nil {
@@ -115,6 +149,7 @@ func demo(ctx context.Context, c *cluster.Cluster) error {
 		fmt.Println("  mounted at", m)
 	}
 	fmt.Printf("and the pod wrote %s:\n  %s\n", hello, strings.TrimSpace(string(content)))
+	fmt.Printf("The claim demo-dynamic was provisioned for its pod as %s; the pod wrote %s.\n", strings.TrimSpace(pv), dynamic)
 	fmt.Printf(`
 The cluster keeps running. Use it with:
   export KUBECONFIG=%s
