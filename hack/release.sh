@@ -5,6 +5,7 @@
 #   monocsi-VERSION-linux-ARCH    the static binary of each architecture
 #   install.yaml                  `kubectl kustomize manifests/` with the image pinned by digest
 #   monocsi-X.Y.Z.tgz             the chart, its image pinned the same way
+#   example-local-dynamic.yaml    a claim of monocsi-local and its pod, to try it
 #   SHA256SUMS                    of every file above and the image archive
 set -euo pipefail
 VERSION=$1 REPO=$2 KUBECTL=$3 HELM=$4; shift 4
@@ -35,6 +36,8 @@ sed -i -e "s|^  repository: .*|  repository: $REPO|" -e "s|^  tag: .*|  tag: $VE
 "$HELM" template monocsi "$DIST/monocsi-${VERSION#v}.tgz" | grep -q "image: \"\?$REPO@$DIGEST" ||
   { echo "release: the packaged chart does not render $REPO@$DIGEST" >&2; exit 1; }
 
+# The example's pod runs the public busybox image (the test cluster's own is local).
+sed 's|image: localhost/busybox:local|image: busybox:1.37|' manifests/examples/local-dynamic.yaml > "$DIST/example-local-dynamic.yaml"
 (cd "$DIST" && rm -f SHA256SUMS && sha256sum -- * > SHA256SUMS)
 echo "dist/ ($VERSION, image $REPO@$DIGEST):"
 (cd "$DIST" && ls -l --time-style=+ -- *)

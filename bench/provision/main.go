@@ -29,6 +29,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/monocsi/monocsi/internal/imagebuild"
 	"github.com/monocsi/monocsi/test/cluster"
 )
 
@@ -401,6 +402,20 @@ func percentile(d []time.Duration, p float64) time.Duration {
 	return s[int(p*float64(len(s)-1))]
 }
 
+// imageSizes reads the sizes of the image archive the cluster ran.
+func imageSizes() (string, error) {
+	dir, err := os.MkdirTemp("", "bench-image-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(dir)
+	idx, err := imagebuild.ReadOCIArchive(cluster.MonocsiArchive(), dir)
+	if err != nil {
+		return "", err
+	}
+	return imagebuild.SizeTable(idx)
+}
+
 func report(out string, n int, ours []*result, floor *result) error {
 	host, _ := os.Hostname()
 	r := func(a, b time.Duration) string { return fmt.Sprintf("%.2f×", a.Seconds()/b.Seconds()) }
@@ -410,7 +425,7 @@ func report(out string, n int, ours []*result, floor *result) error {
 Written by `+"`make bench`"+` (bench/provision). Do not edit by hand: run it again.
 
 Machine: %s, %d CPUs, %s. Date: %s. Test cluster: Kubernetes %s, one node,
-monocsi installed from manifests/. Each driver gets %d claims created at once
+monocsi installed with its chart. Each driver gets %d claims created at once
 (%d in flight). Floor: the same number of PVs and pre-bound claims created by
 a bare client, bound by the PV controller alone (no provisioner).
 `, host, runtime.NumCPU(), runtime.GOARCH, time.Now().UTC().Format("2006-01-02 15:04 MST"), cluster.K8sVersion, n, parallel)
@@ -442,7 +457,17 @@ Peak RSS (VmHWM) of the monocsi processes after these volumes: %s.
 			sec(o.deleted), sec(floor.deleted), r(o.deleted, floor.deleted),
 			sec(percentile(o.toPV, .5)), sec(percentile(o.toPV, .99)), strings.Join(rss, ", "))
 	}
+	sizes, err := imageSizes()
+	if err != nil {
+		return err
+	}
 	md += `
+## Binary and image
+
+` + "`make image`" + ` (the image the test cluster ran), per platform: the static binary, and the
+image as a registry serves it (gzip) and as a node unpacks it.
+
+` + sizes + `
 Claim created → PV created includes kube-controller-manager's PV controller
 marking the claim for monocsi (the storage-provisioner annotation) before
 monocsi sees it; the rest of the time to Bound is the same PV controller

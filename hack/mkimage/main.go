@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/monocsi/monocsi/internal/imagebuild"
@@ -28,6 +29,7 @@ func main() {
 	version := flag.String("version", "dev", "recorded in the image's labels")
 	push := flag.String("push", "", "push the archive given by -out to this reference instead of building")
 	unpack := flag.String("unpack", "", "unpack the root filesystem of -platform from the archive given by -out into this directory instead of building")
+	sizes := flag.Bool("sizes", false, "print the sizes of the archive given by -out instead of building")
 	platform := flag.String("platform", "linux/amd64", "with -unpack: the platform")
 	update := flag.String("update-packages", "", "re-pin the packages of -packages for these Debian architectures (comma-separated) to the versions apt serves now")
 	flag.Parse()
@@ -35,6 +37,24 @@ func main() {
 	defer stop()
 	if *cache == "" {
 		*cache = defaultCache()
+	}
+	if *sizes {
+		dir, err := os.MkdirTemp("", "mkimage-sizes-")
+		if err == nil {
+			defer os.RemoveAll(dir)
+			var idx v1.ImageIndex
+			if idx, err = imagebuild.ReadOCIArchive(*out, dir); err == nil {
+				var t string
+				if t, err = imagebuild.SizeTable(idx); err == nil {
+					fmt.Print(t)
+				}
+			}
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "mkimage:", err)
+			os.Exit(1)
+		}
+		return
 	}
 	if *unpack != "" {
 		if err := imagebuild.Unpack(*out, *platform, *unpack); err != nil {
@@ -116,6 +136,11 @@ func run(ctx context.Context, lock, cache, bins, out, ref, version, push, update
 	if err != nil {
 		return err
 	}
+	sizes, err := imagebuild.SizeTable(idx)
+	if err != nil {
+		return err
+	}
+	fmt.Print(sizes)
 	fmt.Printf("%s %s\n", d, out)
 	return os.WriteFile(out+".digest", []byte(d.String()+"\n"), 0o644)
 }

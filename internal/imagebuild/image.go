@@ -369,3 +369,56 @@ func extractLayer(r io.Reader, dir string) error {
 		}
 	}
 }
+
+// SizeTable returns, for each platform of idx, the size of the monocsi
+// binary and of the image (its compressed layer, as pulled, and
+// uncompressed, as unpacked on a node), as a Markdown table.
+func SizeTable(idx v1.ImageIndex) (string, error) {
+	im, err := idx.IndexManifest()
+	if err != nil {
+		return "", err
+	}
+	mb := func(n int64) string { return fmt.Sprintf("%.1f MB", float64(n)/1e6) }
+	var b strings.Builder
+	b.WriteString("| platform | monocsi binary | image, compressed | image, uncompressed |\n| --- | --- | --- | --- |\n")
+	for _, m := range im.Manifests {
+		img, err := idx.Image(m.Digest)
+		if err != nil {
+			return "", err
+		}
+		layers, err := img.Layers()
+		if err != nil {
+			return "", err
+		}
+		var compressed, files, bin int64
+		for _, l := range layers {
+			n, err := l.Size()
+			if err != nil {
+				return "", err
+			}
+			compressed += n
+			rc, err := l.Uncompressed()
+			if err != nil {
+				return "", err
+			}
+			tr := tar.NewReader(rc)
+			for {
+				hdr, err := tr.Next()
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					rc.Close()
+					return "", err
+				}
+				files += hdr.Size
+				if hdr.Name == "monocsi" {
+					bin = hdr.Size
+				}
+			}
+			rc.Close()
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", m.Platform, mb(bin), mb(compressed), mb(files))
+	}
+	return b.String(), nil
+}
