@@ -13,7 +13,7 @@ HELM_NFS_VALUES     := --set nfs.storageClass.create=true,nfs.storageClass.serve
 
 DEMO_DIR    ?= /tmp/monocsi-demo
 
-.PHONY: all build test unit sanity e2e e2e-nfs bench demo demo-down lint clean image image-push image-packages release image-test FORCE
+.PHONY: all build test unit sanity e2e e2e-nfs bench demo demo-down lint clean image image-push image-packages release release-test image-test FORCE
 
 all: build
 
@@ -23,7 +23,7 @@ build:
 
 ## test: lint, unit tests, node-role tests, csi-sanity, the e2e tests and the NFS tests in a VM (the CI command)
 test:
-	@./hack/stages.sh lint unit image-test sanity e2e e2e-nfs
+	@./hack/stages.sh lint unit image-test sanity e2e e2e-nfs release-test
 
 ## unit: unit tests (real mounts: run as root), the node-role tests and the chart's
 ## rendering test (which needs kubectl: Kubernetes is built on first use, hence the timeout)
@@ -109,6 +109,13 @@ release: $(BIN)/helm
 	rm -rf dist && mkdir -p dist
 	$(MAKE) --no-print-directory image IMAGE=$(RELEASE_REPO):$(VERSION) IMAGE_ARCHIVE=$(CURDIR)/dist/monocsi-image-$(VERSION).tar
 	./hack/release.sh $(VERSION) $(RELEASE_REPO) "$$($(GO) run ./test/cluster/testcluster bin)/kubectl" $(BIN)/helm $(IMAGE_ARCHES)
+
+## release-test: make release, then the README's Install steps from dist/ on a fresh test
+## cluster (testcluster bundle: checksums, ctr images import, helm install of the packaged
+## chart, the bundle's example claim provisioned for its pod); the cluster is removed after
+release-test:
+	$(MAKE) --no-print-directory release VERSION=v0.0.0-test
+	$(GO) run ./test/cluster/testcluster bundle $$(mktemp -d -u /tmp/monocsi-bundle.XXXXXX) dist
 
 ## image-push: push $(IMAGE_ARCHIVE) to IMAGE=<registry>/monocsi:<tag> (credentials: ~/.docker/config.json)
 image-push: image

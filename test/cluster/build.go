@@ -37,25 +37,35 @@ func BuildImages(log io.Writer) ([]string, error) {
 	} else {
 		fmt.Fprintf(log, "    %s", lastLine(b))
 	}
+	helpers, err := HelperImages()
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(log, "    %s\n", time.Since(start).Round(100*time.Millisecond))
+	return append(helpers, MonocsiArchive()), nil
+}
+
+// HelperImages writes the pause and busybox images as docker-save tarballs
+// under the cache directory and returns their paths.
+func HelperImages() ([]string, error) {
 	dir := filepath.Join(CacheDir(), "images")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
 	pause := filepath.Join(dir, "pause")
-	cmd = exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", pause, "./test/cluster/images/pause")
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", pause, "./test/cluster/images/pause")
 	cmd.Dir = RepoRoot()
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("go build pause: %v\n%s", err, b)
 	}
-	tars := []string{filepath.Join(dir, "pause.tar"), filepath.Join(dir, "busybox.tar"), MonocsiArchive()}
+	tars := []string{filepath.Join(dir, "pause.tar"), filepath.Join(dir, "busybox.tar")}
 	if err := images.Pause(tars[0], pause); err != nil {
 		return nil, err
 	}
 	if err := images.Busybox(tars[1]); err != nil {
 		return nil, err
 	}
-	fmt.Fprintf(log, "    %s\n", time.Since(start).Round(100*time.Millisecond))
 	return tars, nil
 }
 

@@ -34,6 +34,15 @@ func (c *Cluster) NFSRoot() string { return filepath.Join(c.Dir, "nfs-servers") 
 // emulation (this kernel has no NFS; see test/nfsemu) in the pods that mount
 // shares. It waits for the node and controller pods to be ready.
 func (c *Cluster) InstallMonocsi(ctx context.Context) error {
+	repo, tag, digest := splitImage(MonocsiImage)
+	return c.InstallChart(ctx, filepath.Join(RepoRoot(), "charts", "monocsi"),
+		"--set-string=image.repository="+repo, "--set-string=image.tag="+tag, "--set-string=image.digest="+digest)
+}
+
+// InstallChart installs monocsi from chart (a directory or a packaged
+// chart, such as a release bundle's, whose image is its own) with this
+// cluster's settings and extra helm arguments.
+func (c *Cluster) InstallChart(ctx context.Context, chart string, extra ...string) error {
 	helm := filepath.Join(RepoRoot(), "bin", "helm")
 	if _, err := os.Stat(helm); err != nil {
 		return fmt.Errorf("%s is missing: run `make bin/helm`", helm)
@@ -90,10 +99,8 @@ func (c *Cluster) InstallMonocsi(ctx context.Context) error {
 	if err := os.WriteFile(valuesFile, values, 0o644); err != nil {
 		return err
 	}
-	repo, tag, digest := splitImage(MonocsiImage)
-	args := []string{"upgrade", "--install", "monocsi", filepath.Join(RepoRoot(), "charts", "monocsi"),
+	args := []string{"upgrade", "--install", "monocsi", chart,
 		"--kubeconfig=" + c.Kubeconfig, "--namespace=default", "--values=" + valuesFile,
-		"--set-string=image.repository=" + repo, "--set-string=image.tag=" + tag, "--set-string=image.digest=" + digest,
 		"--set-string=kubeletDir=" + c.KubeletDir,
 		"--set-string=local.root=" + c.LocalRoot(),
 		"--set-string=flex.dir=" + c.FlexDir,
@@ -101,6 +108,7 @@ func (c *Cluster) InstallMonocsi(ctx context.Context) error {
 		// share the health port, so the test pods go without it.
 		"--set=controller.hostNetwork=true", "--set=controller.healthPort=0",
 	}
+	args = append(args, extra...)
 	cmd := exec.CommandContext(ctx, helm, args...)
 	// Helm's own files (cache, config) stay in the run directory.
 	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+filepath.Join(c.Dir, "helm", "cache"),

@@ -108,7 +108,7 @@ func EnsureBinaries(log io.Writer) (string, error) {
 	}
 	mod := filepath.Join(RepoRoot(), "test", "cluster", "k8s", K8sVersion)
 	if _, err := os.Stat(filepath.Join(mod, "go.mod")); err != nil {
-		return "", fmt.Errorf("Kubernetes %s: no pinned module %s (K8S_VERSION must name one)", K8sVersion, mod)
+		return "", fmt.Errorf("no pinned module %s for Kubernetes %s (K8S_VERSION must name one)", mod, K8sVersion)
 	}
 	args := []string{"build", "-trimpath", "-ldflags=" + versionLDFlags(K8sVersion), "-o", tmp + "/"}
 	for _, b := range Binaries {

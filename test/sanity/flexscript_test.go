@@ -123,6 +123,8 @@ func flexScriptNFS(t *testing.T, n flexScriptTarget, args ...string) {
 	if err := os.WriteFile(filepath.Join(target, name), []byte("hello"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// The share is the other tests' too: leave it as it was.
+	t.Cleanup(func() { os.Remove(filepath.Join(n.export, name)) })
 	if b, err := os.ReadFile(filepath.Join(n.export, name)); err != nil || string(b) != "hello" {
 		t.Errorf("the file written through the mount is not on the share: %q, %v", b, err)
 	}

@@ -1,8 +1,9 @@
 // Command testcluster starts and stops the project's test cluster for
 // `make demo`: `testcluster demo DIR` leaves a single-node Kubernetes with
 // monocsi installed and a pod writing into a monocsi volume running;
-// `testcluster down DIR` removes it all; `testcluster bin` prints the
-// directory of the Kubernetes binaries.
+// `testcluster down DIR` removes it all; `testcluster bundle DIR DIST`
+// installs a release bundle as a user would and removes it all again;
+// `testcluster bin` prints the directory of the Kubernetes binaries.
 package main
 
 import (
@@ -29,8 +30,15 @@ func main() {
 		fmt.Println(dir)
 		return
 	}
+	if len(os.Args) == 4 && os.Args[1] == "bundle" {
+		if err := bundle(os.Args[2], os.Args[3]); err != nil {
+			fmt.Fprintln(os.Stderr, "testcluster: FAIL:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if len(os.Args) != 3 || (os.Args[1] != "demo" && os.Args[1] != "down") {
-		fmt.Fprintln(os.Stderr, "usage: testcluster demo|down DIR | testcluster bin")
+		fmt.Fprintln(os.Stderr, "usage: testcluster demo|down DIR | testcluster bundle DIR DIST | testcluster bin")
 		os.Exit(2)
 	}
 	if err := run(os.Args[1], os.Args[2]); err != nil {
