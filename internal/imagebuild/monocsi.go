@@ -26,6 +26,9 @@ var Tools = []string{
 var DataFiles = []string{
 	"/etc/mke2fs.conf", // e2fsprogs: mkfs defaults
 	"/etc/netconfig",   // libtirpc-common: mount.nfs's RPC transports
+	// netbase: protocol, service and RPC program names, which mount.nfs
+	// looks up for NFSv3 (without them: "Protocol not supported").
+	"/etc/protocols", "/etc/services", "/etc/rpc",
 }
 
 // MonocsiFiles returns the root filesystem of monocsi's image for one

@@ -39,7 +39,7 @@ var machines = map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AA
 
 // must is what every architecture's image must hold.
 var must = []string{"/monocsi", "/sbin/mount.nfs", "/sbin/mount.nfs4", "/sbin/umount.nfs", "/bin/mount", "/bin/umount",
-	"/bin/findmnt", "/sbin/losetup", "/sbin/blkid", "/usr/bin/nsenter", "/sbin/mkfs.ext4", "/sbin/mkfs.xfs", "/etc/netconfig"}
+	"/bin/findmnt", "/sbin/losetup", "/sbin/blkid", "/usr/bin/nsenter", "/sbin/mkfs.ext4", "/sbin/mkfs.xfs", "/etc/netconfig", "/etc/protocols", "/etc/services", "/etc/rpc"}
 
 func TestContents(t *testing.T) {
 	archive := env(t, "MONOCSI_IMAGE_ARCHIVE")
