@@ -117,8 +117,9 @@ release-test:
 	$(MAKE) --no-print-directory release VERSION=v0.0.0-test
 	$(GO) run ./test/cluster/testcluster bundle $$(mktemp -d -u /tmp/monocsi-bundle.XXXXXX) dist
 
-## image-push: push $(IMAGE_ARCHIVE) to IMAGE=<registry>/monocsi:<tag> (credentials: ~/.docker/config.json)
-image-push: image
+## image-push: push the archive IMAGE_ARCHIVE (as built: a release's dist/monocsi-image-*.tar keeps
+## the digest its install.yaml pins) to IMAGE=<registry>/monocsi:<tag> (credentials: ~/.docker/config.json)
+image-push:
 	$(GO) run ./hack/mkimage -out $(IMAGE_ARCHIVE) -push $(IMAGE)
 
 ## image-packages: pin image/packages.lock's packages to the versions Debian serves now

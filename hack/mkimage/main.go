@@ -23,7 +23,7 @@ import (
 func main() {
 	lock := flag.String("packages", "image/packages.lock", "the pinned Debian packages")
 	cache := flag.String("cache", "", "where downloaded packages are kept (default: $MONOCSI_CACHE or ~/.cache/monocsi, + /image)")
-	bins := flag.String("bins", "", "monocsi binaries by Debian architecture: amd64=PATH,arm64=PATH,...")
+	bins := flag.String("bins", "", "monocsi binaries by GOARCH: amd64=PATH,arm64=PATH,...")
 	out := flag.String("out", "", "write the OCI image archive here")
 	ref := flag.String("name", "localhost/monocsi:dev", "the image name recorded in the archive")
 	version := flag.String("version", "dev", "recorded in the image's labels")
@@ -119,10 +119,18 @@ func run(ctx context.Context, lock, cache, bins, out, ref, version, push, update
 		if !ok {
 			return fmt.Errorf("-bins: want arch=path, got %q", kv)
 		}
-		byArch[a] = p
+		pl, ok := imagebuild.PlatformByGOARCH(a)
+		if !ok {
+			return fmt.Errorf("-bins: no image platform for GOARCH %q", a)
+		}
+		byArch[pl.Debian] = p
 	}
 	if out == "" {
 		return fmt.Errorf("-out is required")
+	}
+	// No digest file may outlive the archive it describes.
+	if err := os.Remove(out + ".digest"); err != nil && !os.IsNotExist(err) {
+		return err
 	}
 	idx, cleanup, err := imagebuild.Monocsi(ctx, lock, cache, byArch, version)
 	if err != nil {

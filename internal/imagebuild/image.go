@@ -17,6 +17,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/monocsi/monocsi/internal/atomicfile"
+	"github.com/monocsi/monocsi/internal/treecopy"
 )
 
 // Config is what an image runs.
@@ -87,6 +90,16 @@ func PlatformByDebian(arch string) (Platform, bool) {
 	return Platform{}, false
 }
 
+// PlatformByGOARCH returns the platform Go calls arch.
+func PlatformByGOARCH(arch string) (Platform, bool) {
+	for _, p := range Platforms {
+		if p.GOARCH == arch {
+			return p, true
+		}
+	}
+	return Platform{}, false
+}
+
 // Index returns the multi-arch index of imgs, each with its platform.
 func Index(imgs map[string]v1.Image) (v1.ImageIndex, error) {
 	var adds []mutate.IndexAddendum
@@ -108,9 +121,11 @@ func Index(imgs map[string]v1.Image) (v1.ImageIndex, error) {
 }
 
 // WriteOCIArchive writes idx as an OCI image layout in a tar archive at
-// out, named ref (for `ctr images import` and `k3s ctr images import`,
-// which read io.containerd.image.name). The archive appears atomically,
-// and its bytes depend only on idx and ref.
+// out, named ref and ref's repository @ idx's digest (for `ctr images
+// import` and `k3s ctr images import`, which register each
+// io.containerd.image.name of index.json: a pod that names the image by
+// digest, as install.yaml does, then finds it without a registry). The
+// archive appears atomically, and its bytes depend only on idx and ref.
 func WriteOCIArchive(out, ref string, idx v1.ImageIndex) error {
 	r, err := name.ParseReference(ref)
 	if err != nil {
@@ -119,6 +134,10 @@ func WriteOCIArchive(out, ref string, idx v1.ImageIndex) error {
 	tag := "latest"
 	if t, ok := r.(name.Tag); ok {
 		tag = t.TagStr()
+	}
+	d, err := idx.Digest()
+	if err != nil {
+		return err
 	}
 	dir, err := os.MkdirTemp(filepath.Dir(out), ".oci-layout-")
 	if err != nil {
@@ -129,11 +148,13 @@ func WriteOCIArchive(out, ref string, idx v1.ImageIndex) error {
 	if err != nil {
 		return err
 	}
-	if err := p.AppendIndex(idx, layout.WithAnnotations(map[string]string{
-		"io.containerd.image.name":          r.Name(),
-		"org.opencontainers.image.ref.name": tag,
-	})); err != nil {
-		return err
+	for _, n := range []string{r.Context().Tag(tag).Name(), r.Context().Digest(d.String()).Name()} {
+		if err := p.AppendIndex(idx, layout.WithAnnotations(map[string]string{
+			"io.containerd.image.name":          n,
+			"org.opencontainers.image.ref.name": tag,
+		})); err != nil {
+			return err
+		}
 	}
 	return atomicTar(out, dir)
 }
@@ -154,50 +175,44 @@ func atomicTar(out, dir string) error {
 		return err
 	}
 	sort.Strings(names)
-	tmp, err := os.CreateTemp(filepath.Dir(out), ".archive-*.tar")
+	_, err := atomicfile.Write(out, func(w io.Writer) error {
+		tw := tar.NewWriter(w)
+		for _, p := range names {
+			fi, err := os.Lstat(p)
+			if err != nil {
+				return err
+			}
+			rel := strings.TrimPrefix(p, dir+"/")
+			if fi.IsDir() {
+				hdr := header(rel+"/", 0o755, 0)
+				hdr.Typeflag = tar.TypeDir
+				err = tw.WriteHeader(hdr)
+			} else {
+				err = copyFile(tw, File{Path: rel, Src: p, Mode: 0o644})
+			}
+			if err != nil {
+				return err
+			}
+		}
+		return tw.Close()
+	})
 	if err != nil {
 		return err
 	}
-	defer os.Remove(tmp.Name())
-	tw := tar.NewWriter(tmp)
-	for _, p := range names {
-		fi, err := os.Lstat(p)
-		if err != nil {
-			tmp.Close()
-			return err
-		}
-		rel := strings.TrimPrefix(p, dir+"/")
-		if fi.IsDir() {
-			hdr := header(rel+"/", 0o755, 0)
-			hdr.Typeflag = tar.TypeDir
-			err = tw.WriteHeader(hdr)
-		} else {
-			err = copyFile(tw, File{Path: rel, Src: p, Mode: 0o644})
-		}
-		if err != nil {
-			tmp.Close()
-			return err
-		}
-	}
-	if err := tw.Close(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(0o644); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), out)
+	return os.Chmod(out, 0o644)
 }
 
 // ReadOCIArchive opens the image index of an archive written by
 // WriteOCIArchive, unpacked into dir (which the caller removes).
 func ReadOCIArchive(archive, dir string) (v1.ImageIndex, error) {
-	if err := untar(archive, dir); err != nil {
+	f, err := os.Open(archive)
+	if err != nil {
 		return nil, err
+	}
+	err = treecopy.Extract(f, dir)
+	f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", archive, err)
 	}
 	top, err := layout.ImageIndexFromPath(dir)
 	if err != nil {
@@ -207,56 +222,15 @@ func ReadOCIArchive(archive, dir string) (v1.ImageIndex, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(im.Manifests) != 1 {
-		return nil, fmt.Errorf("%s: %d entries in index.json, want 1", archive, len(im.Manifests))
+	if len(im.Manifests) == 0 {
+		return nil, fmt.Errorf("%s: no image in index.json", archive)
+	}
+	for _, m := range im.Manifests[1:] {
+		if m.Digest != im.Manifests[0].Digest {
+			return nil, fmt.Errorf("%s: index.json names more than one image", archive)
+		}
 	}
 	return top.ImageIndex(im.Manifests[0].Digest)
-}
-
-// untar extracts an archive of plain directories and files into dir.
-func untar(archive, dir string) error {
-	f, err := os.Open(archive)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	tr := tar.NewReader(f)
-	for {
-		hdr, err := tr.Next()
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("%s: %w", archive, err)
-		}
-		p := filepath.Join(dir, filepath.Clean("/"+hdr.Name))
-		switch hdr.Typeflag {
-		case tar.TypeDir:
-			err = os.MkdirAll(p, 0o755)
-		case tar.TypeReg:
-			err = writeFile(p, tr)
-		default:
-			err = fmt.Errorf("%s: unexpected entry %s", archive, hdr.Name)
-		}
-		if err != nil {
-			return err
-		}
-	}
-}
-
-func writeFile(p string, r io.Reader) error {
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		return err
-	}
-	f, err := os.Create(p)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(f, r); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }
 
 // WriteDockerArchive writes img as a `docker save` tarball tagged tag (what
@@ -266,12 +240,10 @@ func WriteDockerArchive(out, tag string, img v1.Image) error {
 	if err != nil {
 		return err
 	}
-	tmp := filepath.Join(filepath.Dir(out), "."+filepath.Base(out)+".tmp")
-	if err := tarball.WriteToFile(tmp, t, img); err != nil {
-		os.Remove(tmp)
+	if _, err := atomicfile.Write(out, func(w io.Writer) error { return tarball.Write(t, img, w) }); err != nil {
 		return err
 	}
-	return os.Rename(tmp, out)
+	return os.Chmod(out, 0o644)
 }
 
 // inode identifies a regular file, for finding hard links.
@@ -318,56 +290,9 @@ func Unpack(archive, platform, dir string) error {
 		}
 		rc := mutate.Extract(img)
 		defer rc.Close()
-		return extractLayer(rc, dir)
+		return treecopy.Extract(rc, dir)
 	}
 	return fmt.Errorf("%s: no image for %s", archive, platform)
-}
-
-func extractLayer(r io.Reader, dir string) error {
-	root, err := os.OpenRoot(dir)
-	if err != nil {
-		return err
-	}
-	defer root.Close()
-	tr := tar.NewReader(r)
-	for {
-		hdr, err := tr.Next()
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		name := strings.TrimSuffix(filepath.Clean(hdr.Name), "/")
-		mode := os.FileMode(hdr.Mode).Perm()
-		switch hdr.Typeflag {
-		case tar.TypeDir:
-			if err := root.MkdirAll(name, 0o755); err != nil {
-				return err
-			}
-			if hdr.Mode&0o1000 != 0 {
-				mode |= os.ModeSticky
-			}
-			err = root.Chmod(name, mode)
-		case tar.TypeSymlink:
-			err = root.Symlink(hdr.Linkname, name)
-		case tar.TypeLink:
-			err = root.Link(hdr.Linkname, name)
-		case tar.TypeReg:
-			var f *os.File
-			if f, err = root.OpenFile(name, os.O_CREATE|os.O_EXCL|os.O_WRONLY, mode); err == nil {
-				_, err = io.Copy(f, tr)
-				if cerr := f.Close(); err == nil {
-					err = cerr
-				}
-			}
-		default:
-			err = fmt.Errorf("%s: unsupported entry type %c", hdr.Name, hdr.Typeflag)
-		}
-		if err != nil {
-			return err
-		}
-	}
 }
 
 // SizeTable returns, for each platform of idx, the size of the monocsi

@@ -140,6 +140,15 @@ func Extract(r io.Reader, dir string) error {
 			if err := root.Symlink(hdr.Linkname, name); err != nil {
 				return err
 			}
+		case tar.TypeLink:
+			// A hard link's target is another entry, inside dir too.
+			target := path.Clean(hdr.Linkname)
+			if target == "." || path.IsAbs(target) || target == ".." || strings.HasPrefix(target, "../") {
+				return fmt.Errorf("archive entry %q links outside the target", hdr.Name)
+			}
+			if err := root.Link(target, name); err != nil {
+				return err
+			}
 		default:
 			return fmt.Errorf("archive entry %q has unsupported type %q", hdr.Name, hdr.Typeflag)
 		}

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 )
 
@@ -37,14 +38,29 @@ func TestExtractRefusesToEscape(t *testing.T) {
 		"through symlink": {{Name: "l", Typeflag: tar.TypeSymlink, Linkname: ".."}, {Name: "l/outside", Typeflag: tar.TypeReg}},
 		"abs symlink":     {{Name: "l", Typeflag: tar.TypeSymlink, Linkname: "/tmp"}, {Name: "l/outside", Typeflag: tar.TypeReg}},
 		"device":          {{Name: "dev", Typeflag: tar.TypeChar}},
+		// Hard links must not reach a file outside, which a later entry
+		// or a user of the tree could then write through.
+		"hard link dot-dot":      {{Name: "h", Typeflag: tar.TypeLink, Linkname: "../canary"}},
+		"hard link absolute":     {{Name: "h", Typeflag: tar.TypeLink, Linkname: "/etc/passwd"}},
+		"hard link via symlink":  {{Name: "l", Typeflag: tar.TypeSymlink, Linkname: ".."}, {Name: "h", Typeflag: tar.TypeLink, Linkname: "l/canary"}},
+		"hard link, abs symlink": {{Name: "l", Typeflag: tar.TypeSymlink, Linkname: "/etc"}, {Name: "h", Typeflag: tar.TypeLink, Linkname: "l/passwd"}},
 	}
 	for name, entries := range cases {
 		t.Run(name, func(t *testing.T) {
 			base := t.TempDir()
 			dst := filepath.Join(base, "dst")
 			os.Mkdir(dst, 0o755)
+			canary := filepath.Join(base, "canary")
+			if err := os.WriteFile(canary, []byte("canary"), 0o644); err != nil {
+				t.Fatal(err)
+			}
 			if err := Extract(archive(t, entries...), dst); err == nil {
 				t.Fatal("hostile archive extracted without error")
+			}
+			for _, f := range []string{canary, "/etc/passwd"} {
+				if fi, err := os.Stat(f); err != nil || fi.Sys().(*syscall.Stat_t).Nlink != 1 {
+					t.Fatalf("%s gained a hard link (or is gone): %v", f, err)
+				}
 			}
 			if _, err := os.Lstat(filepath.Join(base, "outside")); err == nil {
 				t.Fatal("a file was written outside the target")
