@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/monocsi/monocsi/test/cluster"
@@ -68,34 +67,11 @@ func bundle(dir, dist string) (err error) {
 		return err
 	}
 	// The test cluster has no network: its busybox is the local one.
-	f := filepath.Join(c.Dir, "example.yaml")
-	if err := os.WriteFile(f, bytes.ReplaceAll(example, []byte("image: busybox:1.37"), []byte("image: localhost/busybox:local")), 0o644); err != nil {
-		return err
-	}
-	if _, err := c.Kubectl(ctx, "apply", "-f", f); err != nil {
-		return err
-	}
-	if _, err := c.Kubectl(ctx, "wait", "--for=condition=Ready", "pod/demo-dynamic", "--timeout=120s"); err != nil {
-		return err
-	}
-	pv, err := c.Kubectl(ctx, "get", "pvc", "demo-dynamic", "-o", "jsonpath={.status.phase} {.spec.volumeName}")
+	file, err := runExample(ctx, c, bytes.ReplaceAll(example, []byte("image: busybox:1.37"), []byte("image: localhost/busybox:local")), "demo-dynamic")
 	if err != nil {
 		return err
 	}
-	phase, name, _ := strings.Cut(pv, " ")
-	if phase != "Bound" || name == "" {
-		return fmt.Errorf("claim demo-dynamic: %q", pv)
-	}
-	file := filepath.Join(c.LocalRoot(), name, "hello.txt")
-	for range 40 {
-		if _, err = os.Stat(file); err == nil {
-			break
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
-	if err != nil {
-		return fmt.Errorf("the example pod's file never appeared: %w", err)
-	}
+	name := filepath.Base(filepath.Dir(file))
 	fmt.Printf("==> bundle OK: claim demo-dynamic Bound to %s, the pod wrote %s\n", name, file)
 	return nil
 }

@@ -98,49 +98,25 @@ func demo(ctx context.Context, c *cluster.Cluster) error {
 	if err != nil {
 		return err
 	}
-	f := filepath.Join(c.Dir, "demo.yaml")
-	if err := os.WriteFile(f, bytes.ReplaceAll(example, []byte("NODE_NAME"), []byte(cluster.NodeName)), 0o644); err != nil {
-		return err
-	}
 	fmt.Println("==> kubectl apply -f manifests/examples/local-static.yaml (PV, PVC, pod)")
-	if _, err := c.Kubectl(ctx, "apply", "-f", f); err != nil {
-		return err
-	}
-	if _, err := c.Kubectl(ctx, "wait", "--for=condition=Ready", "pod/demo", "--timeout=120s"); err != nil {
-		return err
-	}
-	hello := filepath.Join(c.LocalRoot(), "demo", "hello.txt")
-	var content []byte
-	for range 40 {
-		if content, err = os.ReadFile(hello); err == nil {
-			break
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
+	hello, err := runExample(ctx, c, bytes.ReplaceAll(example, []byte("NODE_NAME"), []byte(cluster.NodeName)), "demo")
 	if err != nil {
-		return fmt.Errorf("the pod's file never appeared at %s: %w", hello, err)
+		return err
+	}
+	content, err := os.ReadFile(hello)
+	if err != nil {
+		return err
 	}
 	fmt.Println("==> kubectl apply -f manifests/examples/local-dynamic.yaml (a claim of monocsi-local, pod)")
-	if _, err := c.Kubectl(ctx, "apply", "-f", filepath.Join(cluster.RepoRoot(), "manifests", "examples", "local-dynamic.yaml")); err != nil {
-		return err
-	}
-	if _, err := c.Kubectl(ctx, "wait", "--for=condition=Ready", "pod/demo-dynamic", "--timeout=120s"); err != nil {
-		return err
-	}
-	pv, err := c.Kubectl(ctx, "get", "pvc", "demo-dynamic", "-o", "jsonpath={.spec.volumeName}")
+	dynamicExample, err := os.ReadFile(filepath.Join(cluster.RepoRoot(), "manifests", "examples", "local-dynamic.yaml"))
 	if err != nil {
 		return err
 	}
-	dynamic := filepath.Join(c.LocalRoot(), strings.TrimSpace(pv), "hello.txt")
-	for range 40 {
-		if _, err = os.Stat(dynamic); err == nil {
-			break
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
+	dynamic, err := runExample(ctx, c, dynamicExample, "demo-dynamic")
 	if err != nil {
-		return fmt.Errorf("the dynamic pod's file never appeared at %s: %w", dynamic, err)
+		return err
 	}
+	pv := filepath.Base(filepath.Dir(dynamic))
 	show := func(args ...string) {
 		out, err := c.Kubectl(ctx, args...)
 		if err != nil {
@@ -157,7 +133,7 @@ func demo(ctx context.Context, c *cluster.Cluster) error {
 		fmt.Println("  mounted at", m)
 	}
 	fmt.Printf("and the pod wrote %s:\n  %s\n", hello, strings.TrimSpace(string(content)))
-	fmt.Printf("The claim demo-dynamic was provisioned for its pod as %s; the pod wrote %s.\n", strings.TrimSpace(pv), dynamic)
+	fmt.Printf("The claim demo-dynamic was provisioned for its pod as %s; the pod wrote %s.\n", pv, dynamic)
 	fmt.Printf(`
 The cluster keeps running. Use it with:
   export KUBECONFIG=%s
@@ -166,4 +142,36 @@ The cluster keeps running. Use it with:
 Component logs are in %s. Remove everything with: make demo-down
 `, c.Kubeconfig, c.Bins, cluster.K8sVersion, c.Logs)
 	return nil
+}
+
+// runExample applies an example (a claim and a pod named name that writes
+// hello.txt into its volume), waits for the pod, the claim's binding and
+// the file on the node, and returns the file's path.
+func runExample(ctx context.Context, c *cluster.Cluster, yaml []byte, name string) (string, error) {
+	f := filepath.Join(c.Dir, name+".yaml")
+	if err := os.WriteFile(f, yaml, 0o644); err != nil {
+		return "", err
+	}
+	if _, err := c.Kubectl(ctx, "apply", "-f", f); err != nil {
+		return "", err
+	}
+	if _, err := c.Kubectl(ctx, "wait", "--for=condition=Ready", "pod/"+name, "--timeout=120s"); err != nil {
+		return "", err
+	}
+	out, err := c.Kubectl(ctx, "get", "pvc", name, "-o", "jsonpath={.status.phase} {.spec.volumeName}")
+	if err != nil {
+		return "", err
+	}
+	phase, pv, _ := strings.Cut(out, " ")
+	if phase != "Bound" || pv == "" {
+		return "", fmt.Errorf("claim %s: %q", name, out)
+	}
+	file := filepath.Join(c.LocalRoot(), pv, "hello.txt")
+	for range 40 {
+		if _, err = os.Stat(file); err == nil {
+			return file, nil
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	return "", fmt.Errorf("pod %s's file never appeared at %s: %w", name, file, err)
 }
