@@ -28,14 +28,21 @@ Run "monocsi <command> --help" for a command's flags.
 `
 
 func main() {
-	if err := run(os.Args[1:]); err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "monocsi:", err)
-		}
-		klog.Flush()
-		os.Exit(1)
+	err := run(os.Args[1:])
+	if err != nil && !errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintln(os.Stderr, "monocsi:", err)
 	}
 	klog.Flush()
+	os.Exit(exitCode(err))
+}
+
+// exitCode is 0 for success and for --help (the flag package printed the
+// command's flags), 1 otherwise.
+func exitCode(err error) int {
+	if err == nil || errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	return 1
 }
 
 func run(args []string) error {

@@ -22,7 +22,7 @@ import (
 func newDriver(t *testing.T) (*Driver, string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root for real bind mounts; run `make test` as root")
+		t.Fatal("needs root for real bind mounts: run `make test` as root")
 	}
 	root := filepath.Join(t.TempDir(), "root")
 	d, err := New(Config{NodeID: "node-a", Root: root})
