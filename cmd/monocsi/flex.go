@@ -30,6 +30,7 @@ type flexFlags struct {
 	exec    string
 	path    string
 	mountNS string
+	env     string
 }
 
 func (f *flexFlags) register(fs *flag.FlagSet) {
@@ -38,13 +39,14 @@ func (f *flexFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.timeout, "flex-timeout", 2*time.Minute, "how long a FlexVolume command may run (waitforattach: 10 minutes)")
 	fs.StringVar(&f.exec, "flex-exec", string(flex.ExecContainer), "where FlexVolume commands run: container (monocsi's own filesystem: the executable must be static or find its tools in the image) or host (through nsenter in the host's mount namespace, as the kubelet ran them: needs nsenter in the image, hostPID and a privileged container)")
 	fs.StringVar(&f.path, "flex-path", flex.DefaultPath, "PATH of FlexVolume commands (the kubelet's), in either --flex-exec mode")
+	fs.StringVar(&f.env, "flex-env", strings.Join(flex.DefaultEnv, ","), "comma-separated names of monocsi's environment variables FlexVolume commands get besides PATH (nothing else of the pod's environment reaches them)")
 	fs.StringVar(&f.mountNS, "flex-mount-ns", flex.DefaultMountNS, "with --flex-exec=host: the mount namespace FlexVolume commands enter (the host's: its PID 1's)")
 }
 
 // config is the adapter's configuration for one executable.
 func (f *flexFlags) config(name, exe, nodeID string) flex.Config {
 	return flex.Config{Name: name, Exe: exe, NodeID: nodeID, Timeout: f.timeout, Version: version.Version,
-		Exec: flex.ExecMode(f.exec), Path: f.path, MountNS: f.mountNS}
+		Exec: flex.ExecMode(f.exec), Path: f.path, MountNS: f.mountNS, Env: strings.Split(f.env, ",")}
 }
 
 // check validates the exec mode and, in host mode, that nsenter and the

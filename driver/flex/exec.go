@@ -129,14 +129,14 @@ func (d *Driver) call(ctx context.Context, timeout time.Duration, args ...string
 
 // command is the exec.Cmd of one call: the executable itself, or nsenter
 // running it in the host's mount namespace (ExecHost), with the commands'
-// PATH.
+// PATH and the variables passed on.
 func (d *Driver) command(ctx context.Context, args []string) *exec.Cmd {
 	argv := append([]string{d.exe}, args...)
 	if d.nsenter != "" {
 		argv = hostCommand(d.nsenter, d.mountNS, d.exe, args)
 	}
 	cmd := proc.Command(ctx, argv[0], argv[1:]...)
-	cmd.Env = commandEnv(os.Environ(), d.path)
+	cmd.Env = commandEnv(os.Environ(), d.path, d.env)
 	return cmd
 }
 

@@ -169,12 +169,14 @@ func TestReplyOnStderr(t *testing.T) {
 	}
 }
 
-// Commands get the --flex-path PATH and otherwise monocsi's environment.
+// Commands get the --flex-path PATH and, of monocsi's environment, only the
+// --flex-env variables.
 func TestCommandEnvironment(t *testing.T) {
 	t.Setenv("MONOCSI_TEST_VAR", "kept")
+	t.Setenv("MONOCSI_TEST_SECRET", "not for scripts")
 	out := filepath.Join(t.TempDir(), "env")
 	d, err := New(context.Background(), Config{Name: "drv.test.flex.monocsi.io", NodeID: "n1", Path: "/opt/flex/bin:/usr/bin:/bin",
-		Exe: script(t, `env > `+out+`; echo '{"status":"Success","device":"/dev/x"}'`)})
+		Env: []string{"MONOCSI_TEST_VAR"}, Exe: script(t, `env > `+out+`; echo '{"status":"Success","device":"/dev/x"}'`)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -197,9 +199,14 @@ func TestCommandEnvironment(t *testing.T) {
 		t.Errorf("PATH of the command: %v", paths)
 	}
 	if !slices.Contains(env, "MONOCSI_TEST_VAR=kept") {
-		t.Errorf("monocsi's environment not passed on: %v", env)
+		t.Errorf("a --flex-env variable not passed on: %v", env)
 	}
-	if got := commandEnv([]string{"A=1", "PATH=/x", "B=2"}, ""); !slices.Equal(got, []string{"A=1", "B=2", "PATH="}) {
+	for _, kv := range env {
+		if strings.HasPrefix(kv, "MONOCSI_TEST_SECRET=") || strings.HasPrefix(kv, "HOME=") {
+			t.Errorf("%s passed on, though not named by --flex-env", kv)
+		}
+	}
+	if got := commandEnv([]string{"A=1", "PATH=/x", "B=2", "AB=3"}, "", []string{"A", "PATH"}); !slices.Equal(got, []string{"A=1", "PATH="}) {
 		t.Errorf("commandEnv = %v", got)
 	}
 }

@@ -45,6 +45,10 @@ type Config struct {
 	// MountNS is the mount namespace ExecHost enters (DefaultMountNS when
 	// empty).
 	MountNS string
+	// Env names the variables of monocsi's environment that commands get
+	// besides PATH; the rest (the API server's address, the pod's own
+	// settings) stays with monocsi, as the kubelet's stayed with it.
+	Env []string
 }
 
 // Driver serves one FlexVolume executable as a CSI driver.
@@ -54,8 +58,9 @@ type Driver struct {
 	csi.UnimplementedNodeServer
 
 	name, exe, nodeID, version string
-	path                       string // the commands' PATH
-	nsenter, mountNS           string // ExecHost: nsenter's path and the namespace; empty otherwise
+	path                       string   // the commands' PATH
+	env                        []string // names of monocsi's variables passed on
+	nsenter, mountNS           string   // ExecHost: nsenter's path and the namespace; empty otherwise
 	attach                     bool
 	timeout                    time.Duration
 	mounter                    *mount.SafeFormatAndMount
@@ -87,7 +92,7 @@ func New(ctx context.Context, c Config) (*Driver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("flex driver %s: %w", c.Name, err)
 	}
-	d := &Driver{name: c.Name, exe: exe, nodeID: c.NodeID, version: c.Version, timeout: c.Timeout, path: c.Path,
+	d := &Driver{name: c.Name, exe: exe, nodeID: c.NodeID, version: c.Version, timeout: c.Timeout, path: c.Path, env: c.Env,
 		mounter: &mount.SafeFormatAndMount{Interface: mount.New(""), Exec: utilexec.New()}}
 	if d.path == "" {
 		d.path = DefaultPath

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 )
 
@@ -51,12 +52,18 @@ func hostCommand(nsenter, mountNS, exe string, args []string) []string {
 	return append([]string{nsenter, "--mount=" + mountNS, "--", exe}, args...)
 }
 
-// commandEnv is the commands' environment: monocsi's own with PATH
-// replaced by path (and nothing added).
-func commandEnv(environ []string, path string) []string {
-	env := make([]string, 0, len(environ)+1)
+// DefaultEnv is what commands get of monocsi's environment besides PATH:
+// the node's name (the node role's $NODE_NAME), which attach scripts use.
+var DefaultEnv = []string{"NODE_NAME"}
+
+// commandEnv is the commands' environment: the variables of environ that
+// keep names, and PATH=path. Root scripts on the host get nothing else of
+// monocsi's pod: not its service account's API address, not its settings.
+func commandEnv(environ []string, path string, keep []string) []string {
+	env := make([]string, 0, len(keep)+1)
 	for _, kv := range environ {
-		if !strings.HasPrefix(kv, "PATH=") {
+		name, _, _ := strings.Cut(kv, "=")
+		if name != "PATH" && slices.Contains(keep, name) {
 			env = append(env, kv)
 		}
 	}

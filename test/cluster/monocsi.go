@@ -75,7 +75,8 @@ func (c *Cluster) InstallChart(ctx context.Context, chart string, extra ...strin
 	}
 	hostPath := emuBin + ":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 	emulation := m{
-		"extraArgs": []string{fmt.Sprintf("--flex-mount-ns=/proc/%d/ns/mnt", ctrd), "--flex-path=" + hostPath},
+		"extraArgs": []string{fmt.Sprintf("--flex-mount-ns=/proc/%d/ns/mnt", ctrd), "--flex-path=" + hostPath,
+			"--flex-env=NODE_NAME,NFS_EMULATION_ROOT"},
 		"extraEnv": []m{
 			{"name": "PATH", "value": hostPath},
 			{"name": "NFS_EMULATION_ROOT", "value": c.NFSRoot()},

@@ -53,9 +53,11 @@ func TestFlexScriptEmulated(t *testing.T) {
 		}
 	}
 	flexPath := "--flex-path=" + bin + string(os.PathListSeparator) + flex.DefaultPath
+	// The emulating mount finds its servers' disks through the environment.
+	flexEnv := "--flex-env=NFS_EMULATION_ROOT"
 	for mode, args := range map[string][]string{
-		"container": {"--flex-exec=container", flexPath},
-		"host":      {"--flex-exec=host", fmt.Sprintf("--flex-mount-ns=/proc/%d/ns/mnt", os.Getpid()), flexPath},
+		"container": {"--flex-exec=container", flexPath, flexEnv},
+		"host":      {"--flex-exec=host", fmt.Sprintf("--flex-mount-ns=/proc/%d/ns/mnt", os.Getpid()), flexPath, flexEnv},
 	} {
 		t.Run(mode, func(t *testing.T) {
 			share := "/exports/flexscript-" + mode
