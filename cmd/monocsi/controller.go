@@ -30,7 +30,7 @@ import (
 func runController(ctx context.Context, args []string) error {
 	fs := newFlags("controller")
 	var df driverFlags
-	df.register(fs)
+	df.register(fs, false)
 	drivers := fs.String("drivers", "", "comma-separated drivers to provision for (node-local ones such as local are provisioned by the node role)")
 	httpEndpoint := fs.String("http-endpoint", "", "address (e.g. :9809) to serve /healthz and /metrics on; empty disables it")
 	extraMetadata := fs.Bool("extra-create-metadata", true, "pass the claim's name and namespace and the PV name to CreateVolume")

@@ -21,18 +21,24 @@ import (
 	"github.com/monocsi/monocsi/provisioner"
 )
 
-// driverFlags are the settings of every driver the binary carries.
+// driverFlags are the settings of the drivers a role carries.
 type driverFlags struct {
 	nodeID    string
 	localRoot string
 	localName string
 	nfs       nfs.Config
+	noLocal   bool // the controller role: node-local drivers are the node role's
 }
 
-func (f *driverFlags) register(fs *flag.FlagSet) {
+// register adds the drivers' flags to fs; withLocal adds the local
+// driver's, for the roles that run it.
+func (f *driverFlags) register(fs *flag.FlagSet, withLocal bool) {
 	fs.StringVar(&f.nodeID, "node-id", os.Getenv("NODE_NAME"), "this node's name (the Kubernetes node name); default $NODE_NAME")
-	fs.StringVar(&f.localRoot, "local-root", local.DefaultRoot, "directory holding the local driver's volumes")
-	fs.StringVar(&f.localName, "local-driver-name", local.DefaultName, "CSI name of the local driver")
+	f.noLocal = !withLocal
+	if withLocal {
+		fs.StringVar(&f.localRoot, "local-root", local.DefaultRoot, "directory holding the local driver's volumes")
+		fs.StringVar(&f.localName, "local-driver-name", local.DefaultName, "CSI name of the local driver")
+	}
 	fs.StringVar(&f.nfs.Name, "nfs-driver-name", nfs.DefaultName, "CSI name of the nfs driver (nfs.csi.k8s.io takes over csi-driver-nfs's volumes)")
 	fs.StringVar(&f.nfs.WorkDir, "nfs-workdir", nfs.DefaultWorkDir, "directory for the nfs driver's short-lived mounts of shares (controller)")
 	fs.StringVar(&f.nfs.OnDelete, "nfs-default-ondelete", "delete", "what deleting an nfs volume does when its StorageClass does not say: delete, retain or archive")
@@ -58,6 +64,9 @@ func (f *driverFlags) build(names []string) ([]nodeplugin.Plugin, error) {
 		seen[n] = true
 		switch n {
 		case "local":
+			if f.noLocal {
+				return nil, fmt.Errorf("driver local is node-local: the node role provisions it (monocsi node), not the controller")
+			}
 			d, err := local.New(local.Config{Name: f.localName, NodeID: f.nodeID, Root: f.localRoot, Version: version.Version})
 			if err != nil {
 				return nil, err

@@ -1,6 +1,9 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -19,5 +22,26 @@ func TestHelpExitsZero(t *testing.T) {
 	}
 	if code := exitCode(run([]string{"no-such-command"})); code != 1 {
 		t.Errorf("unknown command: exit %d, want 1", code)
+	}
+}
+
+// Each role lists only the flags it uses: the controller has no local
+// driver, and refuses it before creating anything.
+func TestRoleFlags(t *testing.T) {
+	for cmd, wantLocal := range map[string]bool{"node": true, "serve": true, "controller": false} {
+		fs := newFlags(cmd)
+		var df driverFlags
+		df.register(fs, wantLocal)
+		if got := fs.Lookup("local-root") != nil; got != wantLocal {
+			t.Errorf("%s: --local-root listed: %v, want %v", cmd, got, wantLocal)
+		}
+	}
+	root := filepath.Join(t.TempDir(), "root")
+	df := driverFlags{nodeID: "n1", localRoot: root, noLocal: true}
+	if _, err := df.build([]string{"local"}); err == nil || !strings.Contains(err.Error(), "node-local") {
+		t.Errorf("controller with --drivers=local: %v", err)
+	}
+	if _, err := os.Stat(root); !os.IsNotExist(err) {
+		t.Errorf("refusing the local driver created %s: %v", root, err)
 	}
 }

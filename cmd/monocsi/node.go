@@ -28,7 +28,7 @@ import (
 func runNode(ctx context.Context, args []string) error {
 	fs := newFlags("node")
 	var df driverFlags
-	df.register(fs)
+	df.register(fs, true)
 	kubeletDir := fs.String("kubelet-dir", "/var/lib/kubelet", "the kubelet's root directory, at the same path inside the container as on the host")
 	drivers := fs.String("drivers", "local", "comma-separated drivers to enable")
 	httpEndpoint := fs.String("http-endpoint", "", "address (e.g. :9808) to serve /healthz and /metrics on; empty disables it")

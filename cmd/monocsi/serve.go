@@ -19,7 +19,7 @@ import (
 func runServe(ctx context.Context, args []string) error {
 	fs := newFlags("serve")
 	var df driverFlags
-	df.register(fs)
+	df.register(fs, true)
 	name := fs.String("driver", "local", "the driver to serve: local, nfs, or flex (with --flex-driver)")
 	var ff flexFlags
 	ff.register(fs)
