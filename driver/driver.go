@@ -206,19 +206,24 @@ type Declarer interface {
 	Declare() Declaration
 }
 
-type mountOptionsKey struct{}
-
-// WithMountOptions hands a PV's mountOptions to an in-process DeleteVolume.
-// The CSI request has no field for them, yet a driver that mounts to delete
-// (nfs) needs them; csi-driver-nfs users must copy them into a secret.
-func WithMountOptions(ctx context.Context, opts []string) context.Context {
-	return context.WithValue(ctx, mountOptionsKey{}, opts)
+// PVInfo is what the embedded provisioner knows about a volume being
+// deleted that a DeleteVolumeRequest cannot carry: fields of its PV (or, when
+// Provision undoes a volume it just created, of the PV it would have written).
+type PVInfo struct {
+	// MountOptions are the PV's spec.mountOptions (its StorageClass's).
+	MountOptions []string
 }
 
-// MountOptions returns what WithMountOptions stored, or nil.
-func MountOptions(ctx context.Context) []string {
-	opts, _ := ctx.Value(mountOptionsKey{}).([]string)
-	return opts
+// DeleteWithPV is implemented by drivers that delete better when they know
+// the volume's PV: nfs mounts the share to delete a volume, and the PV's
+// mountOptions say how (nfsvers, sec, ...). It exists because the embedded
+// provisioner has the PV in hand while external-provisioner, a sidecar,
+// passes only the CSI request; a driver must therefore also delete correctly
+// from DeleteVolume alone (nfs reads the secrets' mountOptions, as
+// csi-driver-nfs does). The provisioner calls DeleteVolumeForPV instead of
+// DeleteVolume whenever the driver has it; nothing else does.
+type DeleteWithPV interface {
+	DeleteVolumeForPV(ctx context.Context, req *csi.DeleteVolumeRequest, pv PVInfo) (*csi.DeleteVolumeResponse, error)
 }
 
 // ControllerCapabilities is the ControllerGetCapabilities answer for rpcs.

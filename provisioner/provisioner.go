@@ -232,18 +232,46 @@ func (p *Provisioner) Provision(ctx context.Context, o controller.ProvisionOptio
 	}
 	if size < requested {
 		// The driver made a smaller volume than asked: undo, and fail.
-		_, derr := p.opts.Driver.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: vol.GetVolumeId(), Secrets: req.GetSecrets()})
-		if derr != nil {
-			return nil, controller.ProvisioningInBackground, fmt.Errorf("volume %s has %d bytes, %d requested, and deleting it failed: %w", vol.GetVolumeId(), size, requested, derr)
-		}
-		return nil, controller.ProvisioningFinished, fmt.Errorf("volume %s has %d bytes, %d requested", vol.GetVolumeId(), size, requested)
+		return p.undo(ctx, o, req, vol, fmt.Errorf("volume %s has %d bytes, %d requested", vol.GetVolumeId(), size, requested))
 	}
 	pv, err := p.buildPV(o, req, params, vol, size)
 	if err != nil {
-		return nil, controller.ProvisioningFinished, err
+		return p.undo(ctx, o, req, vol, fmt.Errorf("volume %s created, but not its PV: %w", vol.GetVolumeId(), err))
 	}
 	klog.V(2).InfoS("Provisioned", "driver", p.name, "claim", klog.KObj(o.PVC), "pv", pv.Name, "bytes", size)
 	return pv, controller.ProvisioningFinished, nil
+}
+
+// undo deletes a volume Provision created but cannot hand on as a PV, with
+// the mount options that PV would have had, and fails with why. If the
+// deletion fails too, the library retries the claim (ProvisioningInBackground),
+// which reaches the same volume again.
+func (p *Provisioner) undo(ctx context.Context, o controller.ProvisionOptions, req *csi.CreateVolumeRequest, vol *csi.Volume, why error) (*corev1.PersistentVolume, controller.ProvisioningState, error) {
+	err := p.deleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: vol.GetVolumeId(), Secrets: req.GetSecrets()},
+		driver.PVInfo{MountOptions: o.StorageClass.MountOptions})
+	if err != nil {
+		return nil, controller.ProvisioningInBackground, fmt.Errorf("%w; deleting the volume failed: %w", why, err)
+	}
+	return nil, controller.ProvisioningFinished, why
+}
+
+// deleteVolume is the provisioner's only way to delete a volume: through
+// DeleteVolumeForPV when the driver implements driver.DeleteWithPV, so it
+// knows the PV's mount options, else through DeleteVolume, as
+// external-provisioner would call it. It bounds the call by the timeout and
+// records it in the operation metrics.
+func (p *Provisioner) deleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest, pv driver.PVInfo) error {
+	ctx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
+	defer cancel()
+	start := time.Now()
+	var err error
+	if d, ok := p.opts.Driver.(driver.DeleteWithPV); ok {
+		_, err = d.DeleteVolumeForPV(ctx, req, pv)
+	} else {
+		_, err = p.opts.Driver.DeleteVolume(ctx, req)
+	}
+	opmetrics.Observe(p.name, "DeleteVolume", start, err)
+	return err
 }
 
 // provisioningState tells the library whether the driver may still be working
@@ -284,14 +312,8 @@ func (p *Provisioner) Delete(ctx context.Context, pv *corev1.PersistentVolume) e
 	if err != nil {
 		return err
 	}
-	cctx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
-	defer cancel()
-	// In-process, the driver can have the PV's mountOptions (nfs mounts the
-	// share to delete); a sidecar could only pass secrets.
-	cctx = driver.WithMountOptions(cctx, pv.Spec.MountOptions)
-	start := time.Now()
-	_, err = p.opts.Driver.DeleteVolume(cctx, &csi.DeleteVolumeRequest{VolumeId: pv.Spec.CSI.VolumeHandle, Secrets: secrets})
-	opmetrics.Observe(p.name, "DeleteVolume", start, err)
+	err = p.deleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: pv.Spec.CSI.VolumeHandle, Secrets: secrets},
+		driver.PVInfo{MountOptions: pv.Spec.MountOptions})
 	if err != nil {
 		return err
 	}

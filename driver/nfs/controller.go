@@ -125,14 +125,54 @@ func mountFlags(caps []*csi.VolumeCapability) []string {
 
 // DeleteVolume removes, archives or keeps the sub-directory, as the handle
 // (or the driver's default) says. A handle this driver cannot have written
-// is an already deleted volume, as with csi-driver-nfs.
+// is an already deleted volume, as with csi-driver-nfs. The share is mounted
+// with the mount options of the secrets' key mountOptions (comma-separated):
+// the request has no other field for them, so csi-driver-nfs users put a
+// PV's mountOptions there for external-provisioner to pass on.
 func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
+	return d.deleteVolume(ctx, req, nil)
+}
+
+var _ driver.DeleteWithPV = (*Driver)(nil)
+
+// DeleteVolumeForPV is DeleteVolume for the embedded provisioner, which
+// knows the PV: the share is mounted with the PV's mountOptions, and the
+// secrets' mountOptions only when the PV has none.
+func (d *Driver) DeleteVolumeForPV(ctx context.Context, req *csi.DeleteVolumeRequest, pv driver.PVInfo) (*csi.DeleteVolumeResponse, error) {
+	return d.deleteVolume(ctx, req, pv.MountOptions)
+}
+
+// deleteOptions are the options a DeleteVolume mounts the share with: the
+// PV's when given, else the secrets' mountOptions (its key matched in any
+// case, as csi-driver-nfs does). The secret's value is not quoted in errors.
+func deleteOptions(pvOpts []string, secrets map[string]string) ([]string, error) {
+	if len(pvOpts) > 0 {
+		return pvOpts, checkOptions(pvOpts)
+	}
+	for k, v := range secrets {
+		if !strings.EqualFold(k, paramMountOptions) {
+			continue
+		}
+		opts, err := splitOptions(v)
+		if err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "secret key %s must be comma-separated mount options, each non-empty, at most 256 bytes and free of control characters (the value is not shown: it is a secret's)", k)
+		}
+		return opts, nil
+	}
+	return nil, nil
+}
+
+func (d *Driver) deleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest, pvOpts []string) (*csi.DeleteVolumeResponse, error) {
 	id := req.GetVolumeId()
 	v, err := parseHandle(id)
 	if status.Code(err) == codes.NotFound {
 		klog.InfoS("DeleteVolume of a handle that is not an NFS volume: nothing to delete", "volumeID", id, "reason", err)
 		return &csi.DeleteVolumeResponse{}, nil
 	}
+	if err != nil {
+		return nil, err
+	}
+	opts, err := deleteOptions(pvOpts, req.GetSecrets())
 	if err != nil {
 		return nil, err
 	}
@@ -149,10 +189,6 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 		return nil, err
 	}
 	defer unlock()
-	opts := driver.MountOptions(ctx)
-	if err := checkOptions(opts); err != nil {
-		return nil, err
-	}
 	err = d.withShare(ctx, v.server, v.share, opts, func(root *os.Root) error {
 		fi, err := root.Lstat(v.subDir)
 		if errors.Is(err, fs.ErrNotExist) {

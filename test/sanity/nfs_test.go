@@ -358,6 +358,60 @@ func TestNFSHostileInputs(t *testing.T) {
 	}
 }
 
+// TestNFSDeleteSecretsMountOptions: under the standard sidecars a PV's
+// mountOptions reach DeleteVolume only as the secrets' mountOptions, as with
+// csi-driver-nfs. The share is mounted with them: with ro added the volume
+// cannot be removed (the emulation honours ro, as a real server does), a
+// malformed value is INVALID_ARGUMENT naming the key, and plain options
+// delete the volume.
+func TestNFSDeleteSecretsMountOptions(t *testing.T) {
+	n := nfsSetup(t)
+	srv := serveNFS(t, n)
+	ctl := csi.NewControllerClient(srv.conn)
+	ctx := context.Background()
+	resp, err := ctl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "pvc-secret-opts", Parameters: n.params(), VolumeCapabilities: []*csi.VolumeCapability{fsCap}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := resp.GetVolume().GetVolumeId()
+	dir := filepath.Join(n.export, "pvc-secret-opts")
+	if err := os.WriteFile(filepath.Join(dir, "data"), []byte("kept"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	with := func(opt string) map[string]string {
+		if n.mountOptions != "" {
+			opt = n.mountOptions + "," + opt
+		}
+		return map[string]string{"mountOptions": opt}
+	}
+	untouched := func(what string) {
+		t.Helper()
+		if b, err := os.ReadFile(filepath.Join(dir, "data")); err != nil || string(b) != "kept" {
+			t.Errorf("after DeleteVolume with %s the volume's data is %q, %v; want it untouched", what, b, err)
+		}
+	}
+
+	_, err = ctl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id, Secrets: with("ro")})
+	if err == nil || !strings.Contains(strings.ToLower(status.Convert(err).Message()), "read-only") {
+		t.Errorf("DeleteVolume with secrets' mountOptions ro: %v; want a failure on the read-only mount", err)
+	}
+	untouched("ro in the secrets' mountOptions")
+
+	_, err = ctl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id, Secrets: with("ro\nrw")})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(status.Convert(err).Message(), "mountOptions") {
+		t.Errorf("DeleteVolume with a newline in the secrets' mountOptions: %v; want InvalidArgument naming mountOptions", err)
+	}
+	untouched("a newline in the secrets' mountOptions")
+
+	if _, err := ctl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id, Secrets: with("rw")}); err != nil {
+		t.Fatalf("DeleteVolume with secrets' mountOptions rw: %v", err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("the volume's directory after DeleteVolume: %v; want it gone", err)
+	}
+	assertNoMountsUnder(t, srv.work)
+}
+
 // TestNFSUnreachableServer: a server that does not answer fails the call
 // within the mount timeout, with DEADLINE_EXCEEDED, and leaves no working
 // mount point.
