@@ -25,10 +25,10 @@ build:
 test:
 	@./hack/stages.sh lint unit image-test sanity e2e e2e-nfs release-test
 
-## unit: unit tests (real mounts: run as root), the node-role tests and the chart's
+## unit: unit tests with the race detector (real mounts: run as root), the node-role tests and the chart's
 ## rendering test (which needs kubectl: Kubernetes is built on first use, hence the timeout)
 unit: $(BIN)/helm
-	$(GO) test -count=1 -timeout 30m $$($(GO) list ./... | grep -v -e /test/sanity -e /test/e2e -e /test/image)
+	$(GO) test -race -count=1 -timeout 30m $$($(GO) list ./... | grep -v -e /test/sanity -e /test/e2e -e /test/image)
 
 ## sanity: the upstream csi-sanity suite (csi-test v5.6.0) against `monocsi serve`
 sanity:
