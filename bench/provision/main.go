@@ -402,20 +402,6 @@ func percentile(d []time.Duration, p float64) time.Duration {
 	return s[int(p*float64(len(s)-1))]
 }
 
-// imageSizes reads the sizes of the image archive the cluster ran.
-func imageSizes() (string, error) {
-	dir, err := os.MkdirTemp("", "bench-image-")
-	if err != nil {
-		return "", err
-	}
-	defer os.RemoveAll(dir)
-	idx, err := imagebuild.ReadOCIArchive(cluster.MonocsiArchive(), dir)
-	if err != nil {
-		return "", err
-	}
-	return imagebuild.SizeTable(idx)
-}
-
 func report(out string, n int, ours []*result, floor *result) error {
 	host, _ := os.Hostname()
 	r := func(a, b time.Duration) string { return fmt.Sprintf("%.2f×", a.Seconds()/b.Seconds()) }
@@ -457,7 +443,7 @@ Peak RSS (VmHWM) of the monocsi processes after these volumes: %s.
 			sec(o.deleted), sec(floor.deleted), r(o.deleted, floor.deleted),
 			sec(percentile(o.toPV, .5)), sec(percentile(o.toPV, .99)), strings.Join(rss, ", "))
 	}
-	sizes, err := imageSizes()
+	sizes, err := imagebuild.ArchiveSizeTable(cluster.MonocsiArchive())
 	if err != nil {
 		return err
 	}

@@ -73,15 +73,11 @@ func WritePackages(file string, header []string, pkgs []Package) error {
 	return os.WriteFile(file, []byte(b.String()), 0o644)
 }
 
-// apt runs apt-get for architecture arch with its own package lists and
-// state under cache, so the host's apt (its architectures, lists and
-// installed packages) is neither used nor changed; the sources are the
-// host's.
-func apt(ctx context.Context, cache, arch, dir string, args ...string) ([]byte, error) {
-	return aptTool(ctx, "apt-get", cache, arch, dir, args...)
-}
-
-func aptTool(ctx context.Context, tool, cache, arch, dir string, args ...string) ([]byte, error) {
+// apt runs tool (apt-get, apt-cache) for architecture arch with its own
+// package lists and state under cache, so the host's apt (its
+// architectures, lists and installed packages) is neither used nor
+// changed; the sources are the host's.
+func apt(ctx context.Context, tool, cache, arch, dir string, args ...string) ([]byte, error) {
 	state := filepath.Join(cache, "apt-"+arch)
 	for _, d := range []string{"lists/partial", "cache/archives/partial"} {
 		if err := os.MkdirAll(filepath.Join(state, d), 0o755); err != nil {
@@ -118,7 +114,7 @@ func aptTool(ctx context.Context, tool, cache, arch, dir string, args ...string)
 func update(ctx context.Context, cache, arch, dir string) error {
 	var err error
 	for try := 0; try < 3; try++ {
-		if _, err = apt(ctx, cache, arch, dir, "update"); err == nil {
+		if _, err = apt(ctx, "apt-get", cache, arch, dir, "update"); err == nil {
 			return nil
 		}
 	}
@@ -169,7 +165,7 @@ func download(ctx context.Context, cache string, p Package, file string) error {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	if _, err := apt(ctx, cache, p.Arch, tmp, "download", p.Name+"="+p.Version); err != nil {
+	if _, err := apt(ctx, "apt-get", cache, p.Arch, tmp, "download", p.Name+"="+p.Version); err != nil {
 		return fmt.Errorf("%w\n(a pinned version can leave the archive when Debian updates it: run `make image-packages` to pin the current ones)", err)
 	}
 	got, err := filepath.Glob(filepath.Join(tmp, "*.deb"))
@@ -192,7 +188,7 @@ func Candidates(ctx context.Context, cache string, archs, names []string) ([]Pac
 			return nil, err
 		}
 		for _, n := range names {
-			out, err := aptTool(ctx, "apt-cache", cache, arch, debs, "show", "--no-all-versions", n)
+			out, err := apt(ctx, "apt-cache", cache, arch, debs, "show", "--no-all-versions", n)
 			if err != nil {
 				return nil, err
 			}

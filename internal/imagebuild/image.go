@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -68,7 +67,6 @@ func Image(p v1.Platform, cfg Config, files []File) (v1.Image, error) {
 type Platform struct {
 	OCI    v1.Platform
 	GOARCH string
-	GOARM  string
 	Debian string // dpkg architecture
 	Triple string // multiarch library directory name
 }
@@ -77,7 +75,7 @@ type Platform struct {
 var Platforms = []Platform{
 	{OCI: v1.Platform{OS: "linux", Architecture: "amd64"}, GOARCH: "amd64", Debian: "amd64", Triple: "x86_64-linux-gnu"},
 	{OCI: v1.Platform{OS: "linux", Architecture: "arm64", Variant: "v8"}, GOARCH: "arm64", Debian: "arm64", Triple: "aarch64-linux-gnu"},
-	{OCI: v1.Platform{OS: "linux", Architecture: "arm", Variant: "v7"}, GOARCH: "arm", GOARM: "7", Debian: "armhf", Triple: "arm-linux-gnueabihf"},
+	{OCI: v1.Platform{OS: "linux", Architecture: "arm", Variant: "v7"}, GOARCH: "arm", Debian: "armhf", Triple: "arm-linux-gnueabihf"},
 }
 
 // PlatformByDebian returns the platform with dpkg architecture arch.
@@ -202,35 +200,45 @@ func atomicTar(out, dir string) error {
 	return os.Chmod(out, 0o644)
 }
 
-// ReadOCIArchive opens the image index of an archive written by
-// WriteOCIArchive, unpacked into dir (which the caller removes).
-func ReadOCIArchive(archive, dir string) (v1.ImageIndex, error) {
+// WithOCIArchive calls use with the image index of an archive written by
+// WriteOCIArchive, unpacked into a scratch directory that is removed
+// afterwards.
+func WithOCIArchive(archive string, use func(v1.ImageIndex) error) error {
+	dir, err := os.MkdirTemp("", "oci-archive-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
 	f, err := os.Open(archive)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	err = treecopy.Extract(f, dir)
 	f.Close()
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", archive, err)
+		return fmt.Errorf("%s: %w", archive, err)
 	}
 	top, err := layout.ImageIndexFromPath(dir)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	im, err := top.IndexManifest()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if len(im.Manifests) == 0 {
-		return nil, fmt.Errorf("%s: no image in index.json", archive)
+		return fmt.Errorf("%s: no image in index.json", archive)
 	}
 	for _, m := range im.Manifests[1:] {
 		if m.Digest != im.Manifests[0].Digest {
-			return nil, fmt.Errorf("%s: index.json names more than one image", archive)
+			return fmt.Errorf("%s: index.json names more than one image", archive)
 		}
 	}
-	return top.ImageIndex(im.Manifests[0].Digest)
+	idx, err := top.ImageIndex(im.Manifests[0].Digest)
+	if err != nil {
+		return err
+	}
+	return use(idx)
 }
 
 // WriteDockerArchive writes img as a `docker save` tarball tagged tag (what
@@ -246,15 +254,6 @@ func WriteDockerArchive(out, tag string, img v1.Image) error {
 	return os.Chmod(out, 0o644)
 }
 
-// inode identifies a regular file, for finding hard links.
-func inode(fi os.FileInfo) ([2]uint64, bool) {
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok || st.Nlink < 2 {
-		return [2]uint64{}, false
-	}
-	return [2]uint64{uint64(st.Dev), st.Ino}, true
-}
-
 // Unpack writes the root filesystem of the image for platform (such as
 // linux/amd64) in the archive at archive into dir, which must be empty or
 // missing. Entries are created through an os.Root, so no name in the
@@ -264,35 +263,38 @@ func Unpack(archive, platform, dir string) error {
 	if err != nil {
 		return err
 	}
-	scratch, err := os.MkdirTemp("", "unpack-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(scratch)
-	idx, err := ReadOCIArchive(archive, scratch)
-	if err != nil {
-		return err
-	}
-	im, err := idx.IndexManifest()
-	if err != nil {
-		return err
-	}
-	for _, m := range im.Manifests {
-		if m.Platform == nil || m.Platform.OS != want.OS || m.Platform.Architecture != want.Architecture {
-			continue
-		}
-		img, err := idx.Image(m.Digest)
+	return WithOCIArchive(archive, func(idx v1.ImageIndex) error {
+		im, err := idx.IndexManifest()
 		if err != nil {
 			return err
 		}
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return err
+		for _, m := range im.Manifests {
+			if m.Platform == nil || m.Platform.OS != want.OS || m.Platform.Architecture != want.Architecture {
+				continue
+			}
+			img, err := idx.Image(m.Digest)
+			if err != nil {
+				return err
+			}
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				return err
+			}
+			rc := mutate.Extract(img)
+			defer rc.Close()
+			return treecopy.Extract(rc, dir)
 		}
-		rc := mutate.Extract(img)
-		defer rc.Close()
-		return treecopy.Extract(rc, dir)
-	}
-	return fmt.Errorf("%s: no image for %s", archive, platform)
+		return fmt.Errorf("%s: no image for %s", archive, platform)
+	})
+}
+
+// ArchiveSizeTable is SizeTable of the image in an OCI archive.
+func ArchiveSizeTable(archive string) (string, error) {
+	var t string
+	err := WithOCIArchive(archive, func(idx v1.ImageIndex) (err error) {
+		t, err = SizeTable(idx)
+		return err
+	})
+	return t, err
 }
 
 // SizeTable returns, for each platform of idx, the size of the monocsi

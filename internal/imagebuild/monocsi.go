@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
@@ -58,14 +59,15 @@ func MonocsiFiles(tree, monocsiBin string, p Platform) ([]File, error) {
 	return files, nil
 }
 
-// Monocsi builds the multi-arch image: for each platform with a binary in
-// bins (by Debian architecture), the pinned packages of lock are fetched
-// (cached under cache), extracted into a scratch tree and reduced to
-// MonocsiFiles. version is recorded in the image's labels.
-func Monocsi(ctx context.Context, lock, cache string, bins map[string]string, version string) (v1.ImageIndex, func(), error) {
+// Monocsi builds the multi-arch image and writes it to the OCI archive out,
+// named ref: for each platform with a binary in bins (by Debian
+// architecture), the pinned packages of lock are fetched (cached under
+// cache), extracted into a scratch tree and reduced to MonocsiFiles.
+// version is recorded in the image's labels. It returns the image's digest.
+func Monocsi(ctx context.Context, lock, cache string, bins map[string]string, version, out, ref string) (v1.Hash, error) {
 	_, pkgs, err := ReadPackages(lock)
 	if err != nil {
-		return nil, nil, err
+		return v1.Hash{}, err
 	}
 	var want []Package
 	for _, p := range pkgs {
@@ -75,33 +77,31 @@ func Monocsi(ctx context.Context, lock, cache string, bins map[string]string, ve
 	}
 	debs, err := FetchPackages(ctx, cache, want)
 	if err != nil {
-		return nil, nil, err
+		return v1.Hash{}, err
 	}
+	// The layers are read from the extracted trees while the archive is
+	// written: the scratch directory lives until then.
 	scratch, err := os.MkdirTemp("", "monocsi-image-")
 	if err != nil {
-		return nil, nil, err
+		return v1.Hash{}, err
 	}
-	cleanup := func() { os.RemoveAll(scratch) }
+	defer os.RemoveAll(scratch)
 	imgs := map[string]v1.Image{}
 	for arch, bin := range bins {
 		p, ok := PlatformByDebian(arch)
 		if !ok {
-			cleanup()
-			return nil, nil, fmt.Errorf("unknown architecture %q", arch)
+			return v1.Hash{}, fmt.Errorf("unknown architecture %q", arch)
 		}
 		if len(debs[arch]) == 0 {
-			cleanup()
-			return nil, nil, fmt.Errorf("%s: no packages pinned for %s", lock, arch)
+			return v1.Hash{}, fmt.Errorf("%s: no packages pinned for %s", lock, arch)
 		}
-		tree := fmt.Sprintf("%s/%s", scratch, arch)
+		tree := filepath.Join(scratch, arch)
 		if err := Extract(ctx, tree, debs[arch]); err != nil {
-			cleanup()
-			return nil, nil, err
+			return v1.Hash{}, err
 		}
 		files, err := MonocsiFiles(tree, bin, p)
 		if err != nil {
-			cleanup()
-			return nil, nil, err
+			return v1.Hash{}, err
 		}
 		img, err := Image(p.OCI, Config{
 			Entrypoint: []string{"/monocsi"},
@@ -112,15 +112,16 @@ func Monocsi(ctx context.Context, lock, cache string, bins map[string]string, ve
 			},
 		}, files)
 		if err != nil {
-			cleanup()
-			return nil, nil, err
+			return v1.Hash{}, err
 		}
 		imgs[arch] = img
 	}
 	idx, err := Index(imgs)
 	if err != nil {
-		cleanup()
-		return nil, nil, err
+		return v1.Hash{}, err
 	}
-	return idx, cleanup, nil
+	if err := WriteOCIArchive(out, ref, idx); err != nil {
+		return v1.Hash{}, err
+	}
+	return idx.Digest()
 }

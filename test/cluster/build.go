@@ -12,9 +12,13 @@ import (
 	"github.com/monocsi/monocsi/test/cluster/images"
 )
 
-// MonocsiImage is the image name the test cluster runs: what `make image`
-// writes into its archive by default.
-const MonocsiImage = "localhost/monocsi:dev"
+// The image the test cluster runs: what `make image` names its archive by
+// default.
+const (
+	MonocsiRepo  = "localhost/monocsi"
+	MonocsiTag   = "dev"
+	MonocsiImage = MonocsiRepo + ":" + MonocsiTag
+)
 
 // MonocsiArchive is the archive `make image` writes.
 func MonocsiArchive() string { return filepath.Join(RepoRoot(), "bin", "monocsi-image.tar") }
@@ -30,13 +34,13 @@ func BuildImages(log io.Writer) ([]string, error) {
 		return nil, err
 	}
 	fmt.Fprintln(log, "==> building images (make image, pause, busybox)")
-	cmd := exec.Command("make", "--no-print-directory", "image", "IMAGE="+MonocsiImage)
+	cmd := exec.Command("make", "--no-print-directory", "image", "IMAGE="+MonocsiImage, "IMAGE_ARCHIVE="+MonocsiArchive())
 	cmd.Dir = RepoRoot()
-	if b, err := cmd.CombinedOutput(); err != nil {
+	b, err := cmd.CombinedOutput()
+	if err != nil {
 		return nil, fmt.Errorf("make image: %v\n%s", err, b)
-	} else {
-		fmt.Fprintf(log, "    %s", lastLine(b))
 	}
+	fmt.Fprintf(log, "    %s", lastLine(b))
 	helpers, err := HelperImages()
 	if err != nil {
 		return nil, err

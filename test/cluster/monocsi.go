@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	mount "k8s.io/mount-utils"
 
+	"github.com/monocsi/monocsi/driver/flex"
 	"github.com/monocsi/monocsi/test/nfsemu"
 )
 
@@ -34,9 +35,8 @@ func (c *Cluster) NFSRoot() string { return filepath.Join(c.Dir, "nfs-servers") 
 // emulation (this kernel has no NFS; see test/nfsemu) in the pods that mount
 // shares. It waits for the node and controller pods to be ready.
 func (c *Cluster) InstallMonocsi(ctx context.Context) error {
-	repo, tag, digest := splitImage(MonocsiImage)
 	return c.InstallChart(ctx, filepath.Join(RepoRoot(), "charts", "monocsi"),
-		"--set-string=image.repository="+repo, "--set-string=image.tag="+tag, "--set-string=image.digest="+digest)
+		"--set-string=image.repository="+MonocsiRepo, "--set-string=image.tag="+MonocsiTag)
 }
 
 // InstallChart installs monocsi from chart (a directory or a packaged
@@ -56,9 +56,6 @@ func (c *Cluster) InstallChart(ctx context.Context, chart string, extra ...strin
 			return err
 		}
 	}
-	// Both pods: the emulating mount first on PATH, the servers' disks at
-	// the same path as on the host, and the API server on the host's loopback
-	// (there is no kube-proxy here).
 	type m = map[string]any
 	// FlexVolume commands run on the host (the chart's flex.exec=host)
 	// through nsenter, here into containerd's mount namespace: this
@@ -73,7 +70,10 @@ func (c *Cluster) InstallChart(ctx context.Context, chart string, extra ...strin
 	if ctrd == 0 {
 		return fmt.Errorf("no containerd process recorded for this cluster")
 	}
-	hostPath := emuBin + ":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+	hostPath := emuBin + ":" + flex.DefaultPath
+	// Both pods: the emulating mount first on PATH, the servers' disks at
+	// the same path as on the host, and the API server on the host's loopback
+	// (there is no kube-proxy here).
 	emulation := m{
 		"extraArgs": []string{fmt.Sprintf("--flex-mount-ns=/proc/%d/ns/mnt", ctrd), "--flex-path=" + hostPath,
 			"--flex-env=NODE_NAME,NFS_EMULATION_ROOT"},
@@ -121,19 +121,6 @@ func (c *Cluster) InstallChart(ctx context.Context, chart string, extra ...strin
 		return err
 	}
 	return c.WaitRollout(ctx, "deployment/monocsi-controller", 2*time.Minute)
-}
-
-// splitImage splits repository[:tag][@digest] into its parts (tag latest
-// when there is neither: the chart's default tag is its appVersion).
-func splitImage(image string) (repo, tag, digest string) {
-	repo, digest, _ = strings.Cut(image, "@")
-	if i := strings.LastIndex(repo, ":"); i > strings.LastIndex(repo, "/") {
-		repo, tag = repo[:i], repo[i+1:]
-	}
-	if tag == "" && digest == "" {
-		tag = "latest"
-	}
-	return repo, tag, digest
 }
 
 // WaitNodePodReady waits until the monocsi node DaemonSet is fully rolled out.

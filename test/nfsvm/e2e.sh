@@ -12,6 +12,7 @@
 # e2e-nfs.out. Exit 0 all passed, or SKIP (no VM backend); else 1.
 #   MONOCSI_NFSVM_RUN  -test.run pattern (default NFS: the NFS driver's tests)
 #   NFSVM_TIMEOUT      bound of the whole VM run in seconds (default 600)
+#   NFSVM_VERSIONS     the nfsvers values, one run each (default "4.1 3")
 set -uo pipefail
 IMAGEROOT=$(realpath "${1:?usage: e2e.sh IMAGEROOT SANITY_TEST}") SANITY=$(realpath "${2:?usage: e2e.sh IMAGEROOT SANITY_TEST}") || exit 1
 [ -x "$IMAGEROOT/monocsi" ] && [ -x "$IMAGEROOT/sbin/mount.nfs" ] || { echo "FAIL: $IMAGEROOT is not monocsi's image root (no /monocsi or /sbin/mount.nfs)"; exit 1; }
