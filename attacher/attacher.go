@@ -105,8 +105,10 @@ func (a *Attacher) resync() {
 	}
 }
 
-// Run watches VolumeAttachments, PVs and CSINodes until ctx is done.
-func (a *Attacher) Run(ctx context.Context, workers int) error {
+// Run watches VolumeAttachments, PVs and CSINodes until ctx is done, and
+// returns once every worker has. synced, if set, is called once the caches
+// are filled and the workers run.
+func (a *Attacher) Run(ctx context.Context, workers int, synced func()) error {
 	f := a.factory
 	vaInf, pvInf := f.Storage().V1().VolumeAttachments(), f.Core().V1().PersistentVolumes()
 	enqueue := func(obj any) {
@@ -127,12 +129,18 @@ func (a *Attacher) Run(ctx context.Context, workers int) error {
 	}
 	f.Start(ctx.Done())
 	f.WaitForCacheSync(ctx.Done())
-	defer f.Shutdown()
-	defer a.queue.ShutDown()
+	var running sync.WaitGroup
 	for range workers {
-		go a.work(ctx)
+		running.Go(func() { a.work(ctx) })
+	}
+	if ctx.Err() == nil && synced != nil {
+		synced()
 	}
 	<-ctx.Done()
+	// Return only once no worker acts: the Lease is released after this.
+	a.queue.ShutDown()
+	running.Wait()
+	f.Shutdown()
 	return nil
 }
 
@@ -164,6 +172,10 @@ func (a *Attacher) work(ctx context.Context) {
 		key, quit := a.queue.Get()
 		if quit {
 			return
+		}
+		if ctx.Err() != nil { // shutting down: the queue is drained unworked
+			a.queue.Done(key)
+			continue
 		}
 		var err error
 		if name, ok := strings.CutPrefix(key, pvKey); ok {

@@ -27,6 +27,7 @@ import (
 	"sigs.k8s.io/sig-storage-lib-external-provisioner/v10/controller"
 
 	"github.com/monocsi/monocsi/driver"
+	"github.com/monocsi/monocsi/internal/drain"
 	"github.com/monocsi/monocsi/internal/opmetrics"
 )
 
@@ -55,6 +56,7 @@ type Provisioner struct {
 	caps       []csi.ControllerServiceCapability_RPC_Type
 	topology   bool          // the driver has VOLUME_ACCESSIBILITY_CONSTRAINTS
 	myTopology *csi.Topology // node deployment: this node's segments
+	gate       *drain.Gate   // set by Run: every CreateVolume and DeleteVolume goes through it
 }
 
 var (
@@ -113,6 +115,14 @@ func New(ctx context.Context, client kubernetes.Interface, o Options) (*Provisio
 
 // Name is the provisioner name a StorageClass uses: the driver's name.
 func (p *Provisioner) Name() string { return p.name }
+
+// enter admits a driver call unless Run is shutting down.
+func (p *Provisioner) enter() (func(), error) {
+	if p.gate == nil {
+		return func() {}, nil
+	}
+	return p.gate.Enter()
+}
 
 func (p *Provisioner) has(c csi.ControllerServiceCapability_RPC_Type) bool {
 	return slices.Contains(p.caps, c)
@@ -214,6 +224,11 @@ func (p *Provisioner) Provision(ctx context.Context, o controller.ProvisionOptio
 	if err != nil {
 		return nil, controller.ProvisioningFinished, err
 	}
+	leave, err := p.enter()
+	if err != nil {
+		return nil, controller.ProvisioningInBackground, err
+	}
+	defer leave()
 	cctx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
 	defer cancel()
 	start := time.Now()
@@ -261,10 +276,14 @@ func (p *Provisioner) undo(ctx context.Context, o controller.ProvisionOptions, r
 // external-provisioner would call it. It bounds the call by the timeout and
 // records it in the operation metrics.
 func (p *Provisioner) deleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest, pv driver.PVInfo) error {
+	leave, err := p.enter()
+	if err != nil {
+		return err
+	}
+	defer leave()
 	ctx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
 	defer cancel()
 	start := time.Now()
-	var err error
 	if d, ok := p.opts.Driver.(driver.DeleteWithPV); ok {
 		_, err = d.DeleteVolumeForPV(ctx, req, pv)
 	} else {

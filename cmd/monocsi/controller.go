@@ -6,12 +6,12 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
-	"k8s.io/klog/v2"
 
 	"github.com/monocsi/monocsi/attacher"
 	"github.com/monocsi/monocsi/driver/flex"
@@ -45,6 +45,7 @@ func runController(ctx context.Context, args []string) error {
 	fs.DurationVar(&lc.LeaseDuration, "leader-election-lease-duration", 15*time.Second, "how long a non-leader waits before taking over an expired lease")
 	fs.DurationVar(&lc.RenewDeadline, "leader-election-renew-deadline", 10*time.Second, "how long the leader retries renewing before giving up")
 	fs.DurationVar(&lc.RetryPeriod, "leader-election-retry-period", 5*time.Second, "how often to try to acquire or renew the lease")
+	fs.DurationVar(&lc.ActTimeout, "act-timeout", time.Minute, "how long a leader retries starting its work (CSIDriver objects, caches) before it releases the lease and exits")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -68,29 +69,43 @@ func runController(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	leaseClient, err := kf.LeaseClient()
+	if err != nil {
+		return err
+	}
 	if lc.Namespace == "" {
 		lc.Namespace = podNamespace()
 	}
+	elector := leader.New(leaseClient, lc)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(opmetrics.Operations)
+	reg.MustRegister(leader.Collectors()...)
 	g, ctx := errgroup.WithContext(ctx)
 	if *httpEndpoint != "" {
 		mux := http.NewServeMux()
-		mux.Handle("/healthz", health.Handler(5*time.Second))
+		mux.Handle("/healthz", health.Handler(5*time.Second, health.Check{Name: "controller", Run: elector.Healthy}))
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 		g.Go(func() error { return health.Serve(ctx, *httpEndpoint, mux) })
 	}
-	work := func(ctx context.Context) error {
+	// work returns only when every worker has: the Lease is released after.
+	work := func(ctx context.Context, acting func()) error {
 		provs, err := provisioners(ctx, client, central, "", *extraMetadata)
 		if err != nil {
 			return err
 		}
-		klog.InfoS("Controller role acting", "drivers", len(provs))
+		// The provisioners and the attacher report their caches filled.
+		pending := atomic.Int32{}
+		pending.Store(2)
+		synced := func() {
+			if pending.Add(-1) == 0 {
+				acting()
+			}
+		}
 		// FlexVolume drivers that attach are attached here, as the
 		// kube-controller-manager did: the executables must be on this node.
 		att := attacher.New(client)
 		g, ctx := errgroup.WithContext(ctx)
-		g.Go(func() error { return att.Run(ctx, 10) })
+		g.Go(func() error { return att.Run(ctx, 10, synced) })
 		g.Go(func() error {
 			return ff.watch(ctx, df.nodeID, func(ctx context.Context, name string, d *flex.Driver) {
 				if !d.Attach() {
@@ -101,19 +116,14 @@ func runController(ctx context.Context, args []string) error {
 				att.Remove(name, d)
 			})
 		})
-		g.Go(func() error { return provisioner.Run(ctx, client, provs, reg) })
+		g.Go(func() error { return provisioner.Run(ctx, client, provs, reg, synced) })
 		return g.Wait()
 	}
 	g.Go(func() error {
 		if !*elect {
-			return work(ctx)
+			return elector.RunAlone(ctx, work)
 		}
-		var workErr error
-		err := leader.Run(ctx, client, lc, func(ctx context.Context) { workErr = work(ctx) })
-		if workErr != nil {
-			return workErr
-		}
-		return err
+		return elector.Run(ctx, work)
 	})
 	return g.Wait()
 }

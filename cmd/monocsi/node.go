@@ -101,7 +101,7 @@ func runNode(ctx context.Context, args []string) error {
 			for wait := time.Second; ; wait = min(2*wait, time.Minute) {
 				provs, err := provisioners(ctx, client, local, df.nodeID, *extraMetadata)
 				if err == nil {
-					return provisioner.Run(ctx, client, provs, reg)
+					return provisioner.Run(ctx, client, provs, reg, nil)
 				}
 				klog.ErrorS(err, "Cannot start provisioning yet; retrying", "in", wait)
 				select {

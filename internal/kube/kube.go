@@ -34,6 +34,26 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 // Client returns a client from the kubeconfig file, or the in-cluster
 // configuration when none is given.
 func (f Flags) Client() (kubernetes.Interface, error) {
+	cfg, err := f.config()
+	if err != nil {
+		return nil, err
+	}
+	return kubernetes.NewForConfig(cfg)
+}
+
+// LeaseClient returns a client of its own for leader election, so renewing
+// the Lease never waits behind the work's throttled requests.
+func (f Flags) LeaseClient() (kubernetes.Interface, error) {
+	cfg, err := f.config()
+	if err != nil {
+		return nil, err
+	}
+	cfg.QPS, cfg.Burst = 5, 10
+	cfg.UserAgent = "monocsi-leader-election"
+	return kubernetes.NewForConfig(cfg)
+}
+
+func (f Flags) config() (*rest.Config, error) {
 	var cfg *rest.Config
 	var err error
 	if f.Kubeconfig != "" {
@@ -46,5 +66,5 @@ func (f Flags) Client() (kubernetes.Interface, error) {
 	}
 	cfg.QPS, cfg.Burst = float32(f.QPS), f.Burst
 	cfg.UserAgent = "monocsi"
-	return kubernetes.NewForConfig(cfg)
+	return cfg, nil
 }
