@@ -10,8 +10,6 @@ package driver
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -52,24 +50,6 @@ func ValidID(what, id string) error {
 		}
 		return status.Errorf(codes.InvalidArgument,
 			"%s %q: only letters, digits, '.', '_' and '-' are allowed, starting with a letter or digit", what, Printable(id))
-	}
-	return nil
-}
-
-// CheckHostPath validates a path the CO hands to the node (target or staging
-// path): absolute, already clean, no NUL, and not a symlink, so a mount or
-// unmount can never be redirected to another place through it. A path that
-// does not exist yet is fine.
-func CheckHostPath(what, p string) error {
-	if p == "" {
-		return status.Errorf(codes.InvalidArgument, "%s is required", what)
-	}
-	if strings.ContainsRune(p, 0) || !filepath.IsAbs(p) || filepath.Clean(p) != p {
-		return status.Errorf(codes.InvalidArgument, "%s %q must be a clean absolute path", what, Printable(p))
-	}
-	fi, err := os.Lstat(p)
-	if err == nil && fi.Mode()&os.ModeSymlink != 0 {
-		return status.Errorf(codes.InvalidArgument, "%s %s is a symlink; refusing to follow it", what, p)
 	}
 	return nil
 }
