@@ -55,6 +55,9 @@ func (d *Driver) CreateVolume(_ context.Context, req *csi.CreateVolumeRequest) (
 		return nil, err
 	}
 	defer unlock()
+	if err := d.checkStorage(); err != nil {
+		return nil, err
+	}
 
 	rec, err := d.readRecord(id)
 	if err != nil {
@@ -176,6 +179,9 @@ func (d *Driver) DeleteVolume(_ context.Context, req *csi.DeleteVolumeRequest) (
 	}
 	defer unlock()
 
+	if err := d.checkStorage(); err != nil {
+		return nil, err
+	}
 	dir := d.volumeDir(id)
 	if err := d.checkUnused(dir); err != nil {
 		return nil, err
@@ -189,24 +195,26 @@ func (d *Driver) DeleteVolume(_ context.Context, req *csi.DeleteVolumeRequest) (
 	return &csi.DeleteVolumeResponse{}, nil
 }
 
-// checkUnused fails when dir is bind-mounted somewhere or has a mount inside:
-// removing it would delete data a pod is using, or cross into another filesystem.
+// checkUnused fails when something is mounted on dir or inside it, or dir is
+// bind-mounted somewhere: removing it would cross into another filesystem
+// (another volume's files) or delete data a pod is using. The mounts on and
+// under it are looked at first: when dir itself is a mount point, the
+// references of what is mounted there say nothing about the volume.
 func (d *Driver) checkUnused(dir string) error {
+	mps, err := driver.MountsAtOrUnder(dir)
+	if err != nil {
+		return status.Errorf(codes.Internal, "list mounts: %v", err)
+	}
+	if len(mps) > 0 {
+		return status.Errorf(codes.FailedPrecondition,
+			"something is mounted on or inside the volume's directory, at %s: unmount it first; nothing was removed", strings.Join(mps, ", "))
+	}
 	refs, err := d.mounter.GetMountRefs(dir)
 	if err != nil {
 		return status.Errorf(codes.Internal, "check mounts of %s: %v", dir, err)
 	}
 	if len(refs) > 0 {
 		return status.Errorf(codes.FailedPrecondition, "volume is still mounted at %s", strings.Join(refs, ", "))
-	}
-	mps, err := d.mounter.List()
-	if err != nil {
-		return status.Errorf(codes.Internal, "list mounts: %v", err)
-	}
-	for _, mp := range mps {
-		if strings.HasPrefix(mp.Path, dir+"/") {
-			return status.Errorf(codes.FailedPrecondition, "something is mounted inside the volume at %s", mp.Path)
-		}
 	}
 	return nil
 }

@@ -24,6 +24,8 @@ import (
 	"path/filepath"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	mount "k8s.io/mount-utils"
 
 	"github.com/monocsi/monocsi/driver"
@@ -56,6 +58,11 @@ type Driver struct {
 	name, nodeID, root, version string
 	mounter                     mount.Interface
 	locks                       driver.Locks
+	// own is the root as a reserved directory: no target may be in, on or
+	// above it. meta is the record directory as New found it, so a mount
+	// over it (or over the root) is noticed before a record is written.
+	own  driver.Reserved
+	meta driver.Reserved
 }
 
 var _ driver.Driver = (*Driver)(nil)
@@ -77,9 +84,14 @@ func New(c Config) (*Driver, error) {
 	if !filepath.IsAbs(c.Root) {
 		return nil, fmt.Errorf("local driver: root %q must be an absolute path", c.Root)
 	}
-	root := filepath.Clean(c.Root)
-	if err := os.MkdirAll(root, 0o711); err != nil {
+	if err := os.MkdirAll(filepath.Clean(c.Root), 0o711); err != nil {
 		return nil, fmt.Errorf("local driver: create root: %w", err)
+	}
+	// The root with its symlinks resolved: the mount table, and the checks
+	// of target paths (which refuse symlinks), see real paths.
+	root, err := filepath.EvalSymlinks(c.Root)
+	if err != nil {
+		return nil, fmt.Errorf("local driver: root: %w", err)
 	}
 	d := &Driver{name: c.Name, nodeID: c.NodeID, root: root, version: c.Version, mounter: c.Mounter}
 	for _, dir := range []string{d.recordDir(), d.snapshotDir(), d.newDir()} {
@@ -87,7 +99,27 @@ func New(c Config) (*Driver, error) {
 			return nil, fmt.Errorf("local driver: create %s: %w", dir, err)
 		}
 	}
+	if d.own, err = driver.Reserve("the local driver's root (volumes' data and the driver's records)", root); err != nil {
+		return nil, fmt.Errorf("local driver: root: %w", err)
+	}
+	if d.meta, err = driver.Reserve("the local driver's record directory", d.recordDir()); err != nil {
+		return nil, fmt.Errorf("local driver: %w", err)
+	}
 	return d, nil
+}
+
+// checkStorage fails when the root or the record directory is no longer
+// the directory New found: something is mounted over it (or it was
+// replaced), and a record written now would land in someone else's data.
+func (d *Driver) checkStorage() error {
+	for _, r := range []driver.Reserved{d.own, d.meta} {
+		now, err := driver.Reserve("", r.Path())
+		if err != nil || !now.Same(r) {
+			return status.Errorf(codes.FailedPrecondition,
+				"%s is no longer the directory the driver started with (is something mounted over it?); refusing to touch it", r.Path())
+		}
+	}
+	return nil
 }
 
 // topology is the segment every volume of this node is accessible from.

@@ -361,3 +361,148 @@ func TestListVolumesPages(t *testing.T) {
 	_, err := d.ListVolumes(ctx, &csi.ListVolumesRequest{StartingToken: "bogus"})
 	wantCode(t, err, codes.Aborted, "unknown token")
 }
+
+// A symlink anywhere in the target, not only its last component, is refused
+// by publish and unpublish: nothing is created, mounted or removed at its
+// destination.
+func TestSymlinkedTargetParentIsNotFollowed(t *testing.T) {
+	d, _ := newDriver(t)
+	create(t, d, "v", 0)
+	dir := t.TempDir()
+	victim := filepath.Join(dir, "victim")
+	os.MkdirAll(filepath.Join(victim, "target"), 0o755)
+	os.WriteFile(filepath.Join(victim, "precious"), []byte("x"), 0o644)
+	os.Symlink(victim, filepath.Join(dir, "link"))
+	for _, target := range []string{filepath.Join(dir, "link", "new"), filepath.Join(dir, "link", "target")} {
+		_, err := d.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: "v", TargetPath: target, VolumeCapability: rwo})
+		wantCode(t, err, codes.InvalidArgument, "publish under a symlinked parent")
+		_, err = d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "v", TargetPath: target})
+		wantCode(t, err, codes.InvalidArgument, "unpublish under a symlinked parent")
+	}
+	if _, err := os.Lstat(filepath.Join(victim, "new")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a target was created in the symlink's destination")
+	}
+	if _, err := os.Stat(filepath.Join(victim, "target")); err != nil {
+		t.Errorf("unpublish removed the symlink's destination: %v", err)
+	}
+	if mounted, _ := mount.New("").IsMountPoint(filepath.Join(victim, "target")); mounted {
+		t.Errorf("the volume was mounted through the symlinked parent")
+	}
+}
+
+// Targets in, on or above the root are refused: a mount there would land in
+// another volume's data or the records, or hide them.
+func TestTargetsInTheRootAreRefused(t *testing.T) {
+	d, root := newDriver(t)
+	create(t, d, "a", 0)
+	create(t, d, "b", 0)
+	os.WriteFile(filepath.Join(root, "b", "data"), []byte("b's"), 0o644)
+	for _, target := range []string{
+		filepath.Join(root, "b"), filepath.Join(root, "b", "sub"), filepath.Join(root, metaDirName),
+		filepath.Join(root, metaDirName, "snapshots"), root, filepath.Dir(root), filepath.Join(root, "new-dir"),
+	} {
+		_, err := d.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: "a", TargetPath: target, VolumeCapability: rwo})
+		wantCode(t, err, codes.InvalidArgument, "publish at "+target)
+		if msg := status.Convert(err).Message(); !strings.Contains(msg, "root") {
+			t.Errorf("the refusal does not say why: %q", msg)
+		}
+		_, err = d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "b", TargetPath: target})
+		wantCode(t, err, codes.InvalidArgument, "unpublish at "+target)
+	}
+	if b, err := os.ReadFile(filepath.Join(root, "b", "data")); err != nil || string(b) != "b's" {
+		t.Errorf("volume b lost its data: %q, %v", b, err)
+	}
+	if _, err := os.Lstat(filepath.Join(root, "new-dir")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a refused publish created a directory in the root")
+	}
+}
+
+// DeleteVolume of a volume with another filesystem mounted on or in its
+// directory removes nothing and says so.
+func TestDeleteThroughAForeignMount(t *testing.T) {
+	d, root := newDriver(t)
+	for _, sub := range []string{"", "sub"} {
+		create(t, d, "a", 0)
+		create(t, d, "b", 0)
+		os.WriteFile(filepath.Join(root, "b", "data"), []byte("b's"), 0o644)
+		at := filepath.Join(root, "a", sub)
+		os.MkdirAll(at, 0o755)
+		if err := unix.Mount(filepath.Join(root, "b"), at, "", unix.MS_BIND, ""); err != nil {
+			t.Fatal(err)
+		}
+		_, err := d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: "a"})
+		wantCode(t, err, codes.FailedPrecondition, "delete with a mount at "+at)
+		if b, err := os.ReadFile(filepath.Join(root, "b", "data")); err != nil || string(b) != "b's" {
+			t.Errorf("delete went through the mount at %s: %q, %v", at, b, err)
+		}
+		if rec, _ := d.readRecord("a"); rec == nil {
+			t.Errorf("the refused delete removed the record")
+		}
+		if err := unix.Unmount(at, 0); err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range []string{"a", "b"} {
+			if _, err := d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+// Plain bad input is never INTERNAL.
+func TestBadTargetsAreNotInternal(t *testing.T) {
+	d, _ := newDriver(t)
+	create(t, d, "v", 0)
+	dir := t.TempDir()
+	file := filepath.Join(dir, "file")
+	os.WriteFile(file, []byte("keep"), 0o644)
+	_, err := d.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: "v", TargetPath: file, VolumeCapability: rwo})
+	wantCode(t, err, codes.InvalidArgument, "publish at a regular file")
+	_, err = d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "v", TargetPath: file})
+	wantCode(t, err, codes.InvalidArgument, "unpublish a regular file")
+	full := filepath.Join(dir, "full")
+	os.MkdirAll(filepath.Join(full, "sub"), 0o755)
+	_, err = d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "v", TargetPath: full})
+	wantCode(t, err, codes.FailedPrecondition, "unpublish a non-empty directory that is not a mount")
+	if _, err := os.Stat(filepath.Join(full, "sub")); err != nil {
+		t.Errorf("unpublish removed what was in the directory: %v", err)
+	}
+	_, err = d.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: "v", TargetPath: filepath.Join(dir, "no", "target"), VolumeCapability: rwo})
+	wantCode(t, err, codes.FailedPrecondition, "publish under a missing parent")
+	for _, flag := range []string{"remount", "move", "rbind", "size=1m", "X-mount.mkdir"} {
+		vc := mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
+		vc.GetMount().MountFlags = []string{flag}
+		_, err = d.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: "v", TargetPath: filepath.Join(dir, "t"), VolumeCapability: vc})
+		wantCode(t, err, codes.InvalidArgument, "mount flag "+flag)
+	}
+	if b, err := os.ReadFile(file); err != nil || string(b) != "keep" {
+		t.Errorf("the file was touched: %q, %v", b, err)
+	}
+}
+
+// A mount over the record directory (or the root) is noticed before a
+// record is written into what it hides.
+func TestMountOverTheRecordsIsNoticed(t *testing.T) {
+	d, root := newDriver(t)
+	create(t, d, "a", 0)
+	meta := filepath.Join(root, metaDirName)
+	if err := unix.Mount("tmpfs", meta, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	_, err := d.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "b", VolumeCapabilities: []*csi.VolumeCapability{rwo}})
+	wantCode(t, err, codes.FailedPrecondition, "create with a mount over the records")
+	_, err = d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: "a"})
+	wantCode(t, err, codes.FailedPrecondition, "delete with a mount over the records")
+	if es, _ := os.ReadDir(meta); len(es) != 0 {
+		t.Errorf("written into the mount over the records: %v", es)
+	}
+	if err := unix.Unmount(meta, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "a")); err != nil {
+		t.Errorf("volume a is gone: %v", err)
+	}
+	if _, err := d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: "a"}); err != nil {
+		t.Fatal(err)
+	}
+}

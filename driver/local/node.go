@@ -9,7 +9,6 @@ import (
 	"strings"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	mount "k8s.io/mount-utils"
@@ -23,7 +22,7 @@ func (d *Driver) NodePublishVolume(_ context.Context, req *csi.NodePublishVolume
 	if err := driver.ValidID("volume ID", id); err != nil {
 		return nil, err
 	}
-	if err := driver.CheckHostPath("target path", target); err != nil {
+	if err := driver.CheckHostPath("target path", target, d.own); err != nil {
 		return nil, err
 	}
 	if err := driver.CheckCapability(vc); err != nil {
@@ -33,10 +32,8 @@ func (d *Driver) NodePublishVolume(_ context.Context, req *csi.NodePublishVolume
 		return nil, status.Error(codes.InvalidArgument, msg)
 	}
 	flags := vc.GetMount().GetMountFlags()
-	for _, f := range flags {
-		if f == "" || strings.ContainsAny(f, ",\n\x00") {
-			return nil, status.Errorf(codes.InvalidArgument, "mount flag %q is not a single mount option", f)
-		}
+	if err := checkBindFlags(flags); err != nil {
+		return nil, err
 	}
 	readOnly := driver.ReadOnly(vc, req.GetReadonly())
 
@@ -79,11 +76,11 @@ func (d *Driver) NodePublishVolume(_ context.Context, req *csi.NodePublishVolume
 			"volume %s is single-writer and already published at %s", id, strings.Join(refs, ", "))
 	}
 
-	created := false
-	if err := os.Mkdir(target, 0o750); err == nil {
-		created = true
-	} else if !errors.Is(err, os.ErrExist) {
-		return nil, status.Errorf(codes.Internal, "create target %s: %v", target, err)
+	// Created relative to its verified parent: no symlink put in the way
+	// since the check is followed.
+	created, err := driver.MkdirHostPath("target path", target, 0o750, false, d.own)
+	if err != nil {
+		return nil, err
 	}
 	opts := append([]string{"bind"}, flags...)
 	if readOnly {
@@ -91,11 +88,34 @@ func (d *Driver) NodePublishVolume(_ context.Context, req *csi.NodePublishVolume
 	}
 	if err := d.mounter.Mount(src, target, "", opts); err != nil {
 		if created {
-			os.Remove(target)
+			_ = driver.RemoveHostDir("target path", target)
 		}
 		return nil, status.Errorf(codes.Internal, "bind-mount %s at %s: %v", src, target, err)
 	}
 	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+// bindFlags are the mount options a bind mount can apply: the per-mount
+// flags. Anything else is refused by name rather than passed to mount(8),
+// where "remount" or "move" would change what the call does, and
+// filesystem options would be ignored or fail as an internal error.
+var bindFlags = []string{
+	"defaults", "ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec",
+	"noatime", "atime", "nodiratime", "diratime", "relatime", "norelatime",
+	"strictatime", "nostrictatime", "nosymfollow", "symfollow",
+}
+
+func checkBindFlags(flags []string) error {
+	for _, f := range flags {
+		if f == "" || strings.ContainsAny(f, ",\n\x00") {
+			return status.Errorf(codes.InvalidArgument, "mount flag %q is not a single mount option", driver.Printable(f))
+		}
+		if !slices.Contains(bindFlags, f) {
+			return status.Errorf(codes.InvalidArgument,
+				"mount flag %q does not apply to a bind mount of a local volume (allowed: %s)", driver.Printable(f), strings.Join(bindFlags, ", "))
+		}
+	}
+	return nil
 }
 
 // existingVolumeDir returns the volume's directory, or NOT_FOUND.
@@ -134,7 +154,7 @@ func (d *Driver) NodeUnpublishVolume(_ context.Context, req *csi.NodeUnpublishVo
 	if err := driver.ValidID("volume ID", id); err != nil {
 		return nil, err
 	}
-	if err := driver.CheckHostPath("target path", target); err != nil {
+	if err := driver.CheckHostPath("target path", target, d.own); err != nil {
 		return nil, err
 	}
 	unlock, err := d.locks.TryLock(id)
@@ -142,10 +162,39 @@ func (d *Driver) NodeUnpublishVolume(_ context.Context, req *csi.NodeUnpublishVo
 		return nil, err
 	}
 	defer unlock()
-	if err := mount.CleanupMountPoint(target, d.mounter, true); err != nil {
-		return nil, status.Errorf(codes.Internal, "unmount %s: %v", target, err)
+	if err := d.unmount(target); err != nil {
+		return nil, err
+	}
+	// Only an empty directory is removed: a non-empty one that is not a
+	// mount point is not ours (FAILED_PRECONDITION).
+	if err := driver.RemoveHostDir("target path", target); err != nil {
+		return nil, err
 	}
 	return &csi.NodeUnpublishVolumeResponse{}, nil
+}
+
+// maxStacked bounds the unmounts of one target: mounts stacked on it by
+// repeated publishes of a buggy CO, not a loop without end.
+const maxStacked = 16
+
+// unmount unmounts target until it is no longer a mount point.
+func (d *Driver) unmount(target string) error {
+	for i := 0; ; i++ {
+		m, err := d.mounter.IsMountPoint(target)
+		switch {
+		case errors.Is(err, os.ErrNotExist):
+			return nil
+		case err != nil && !mount.IsCorruptedMnt(err):
+			return status.Errorf(codes.Internal, "check target %s: %v", target, err)
+		case err == nil && !m:
+			return nil
+		case i == maxStacked:
+			return status.Errorf(codes.FailedPrecondition, "%s is still a mount point after %d unmounts", target, maxStacked)
+		}
+		if err := d.mounter.Unmount(target); err != nil {
+			return status.Errorf(codes.Internal, "unmount %s: %v", target, err)
+		}
+	}
 }
 
 // NodeGetVolumeStats reports the bytes and inodes of the filesystem holding
@@ -166,6 +215,9 @@ func (d *Driver) NodeGetVolumeStats(_ context.Context, req *csi.NodeGetVolumeSta
 		return nil, status.Errorf(codes.NotFound, "volume path %q is not an absolute path", p)
 	}
 	p = filepath.Clean(p)
+	if err := driver.CheckHostPath("volume path", p); err != nil {
+		return nil, err
+	}
 	if p != src {
 		refs, err := d.mounter.GetMountRefs(src)
 		if err != nil {
@@ -175,9 +227,9 @@ func (d *Driver) NodeGetVolumeStats(_ context.Context, req *csi.NodeGetVolumeSta
 			return nil, status.Errorf(codes.NotFound, "volume %s is not mounted at %s", id, p)
 		}
 	}
-	var st unix.Statfs_t
-	if err := unix.Statfs(p, &st); err != nil {
-		return nil, status.Errorf(codes.Internal, "statfs %s: %v", p, err)
+	st, err := driver.StatfsHostPath("volume path", p)
+	if err != nil {
+		return nil, err
 	}
 	bs := st.Bsize
 	return &csi.NodeGetVolumeStatsResponse{
