@@ -40,6 +40,10 @@ func (d *Driver) CreateVolume(_ context.Context, req *csi.CreateVolumeRequest) (
 	if len(attrs) == 0 {
 		return nil, status.Error(codes.InvalidArgument, "a FlexVolume is its options: the StorageClass needs at least one parameter")
 	}
+	// The options must fit in an executable's argument at every later call.
+	if _, err := options(req.GetName(), attrs, nil, false, nil); err != nil {
+		return nil, err
+	}
 	d.created.Store(req.GetName(), true)
 	// Capacity 0: unknown; the PV carries the claim's request.
 	return &csi.CreateVolumeResponse{Volume: &csi.Volume{VolumeId: req.GetName(), VolumeContext: attrs}}, nil
@@ -73,6 +77,10 @@ func (d *Driver) known(id string, attrs map[string]string) error {
 
 func checkVolumeID(id string) error { return driver.CheckText("volume ID", id, 1024) }
 
+// checkNodeID: a node ID is an executable's argument; a Kubernetes node name
+// is at most 253 bytes, and a control character or NUL is no name.
+func checkNodeID(id string) error { return driver.CheckText("node ID", id, 253) }
+
 // ControllerPublishVolume runs attach and hands the device to the node in
 // the publish context.
 func (d *Driver) ControllerPublishVolume(ctx context.Context, req *csi.ControllerPublishVolumeRequest) (*csi.ControllerPublishVolumeResponse, error) {
@@ -83,8 +91,8 @@ func (d *Driver) ControllerPublishVolume(ctx context.Context, req *csi.Controlle
 	if err := checkVolumeID(id); err != nil {
 		return nil, err
 	}
-	if node == "" {
-		return nil, status.Error(codes.InvalidArgument, "node ID is required")
+	if err := checkNodeID(node); err != nil {
+		return nil, err
 	}
 	if err := driver.CheckCapability(req.GetVolumeCapability()); err != nil {
 		return nil, err
@@ -121,8 +129,8 @@ func (d *Driver) ControllerUnpublishVolume(ctx context.Context, req *csi.Control
 	if err := checkVolumeID(id); err != nil {
 		return nil, err
 	}
-	if req.GetNodeId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "node ID is required")
+	if err := checkNodeID(req.GetNodeId()); err != nil {
+		return nil, err
 	}
 	unlock, err := d.locks.TryLock(id)
 	if err != nil {
@@ -164,7 +172,7 @@ func (d *Driver) ControllerGetCapabilities(context.Context, *csi.ControllerGetCa
 // checkDevice validates a device path an executable returned: it is later
 // mounted, so it must be a clean absolute path under /dev.
 func checkDevice(drv, op, dev string) error {
-	if dev == "" || !strings.HasPrefix(dev, "/dev/") || strings.Contains(dev, "..") ||
+	if dev == "" || len(dev) > 4095 || !strings.HasPrefix(dev, "/dev/") || strings.Contains(dev, "..") ||
 		strings.ContainsFunc(dev, func(r rune) bool { return r < 0x21 || r == 0x7f || r == ',' }) {
 		return status.Errorf(codes.Internal, "flex driver %s: %s: returned device %q, which is not a path under /dev", drv, op, clip(dev))
 	}

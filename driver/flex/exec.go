@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -55,6 +56,34 @@ const (
 // to the default behaviour for that step.
 var errNotSupported = errors.New("not supported")
 
+// maxArg is the longest argument an executable can be given: Linux's
+// MAX_ARG_STRLEN (32 pages of 4 KiB, with the terminating NUL); longer,
+// execve fails with E2BIG. maxArgs bounds all arguments together, below the
+// 2 MiB that execve allows with the default 8 MiB stack limit.
+const (
+	maxArg  = 32*4096 - 1
+	maxArgs = 1 << 20
+)
+
+// checkArgs refuses arguments execve would refuse, as OUT_OF_RANGE naming
+// which: they come from the request (options, paths, IDs), not from a fault.
+func checkArgs(op string, args []string) error {
+	total := 0
+	for i, a := range args {
+		if len(a) > maxArg {
+			return status.Errorf(codes.OutOfRange, "%s: argument %d is %d bytes long, more than an executable may be given (%d)", op, i+1, len(a), maxArg)
+		}
+		if strings.IndexByte(a, 0) >= 0 {
+			return status.Errorf(codes.InvalidArgument, "%s: argument %d contains a NUL byte, which no executable can be given", op, i+1)
+		}
+		total += len(a) + 1
+	}
+	if total > maxArgs {
+		return status.Errorf(codes.OutOfRange, "%s: the arguments are %d bytes long, more than an executable may be given (%d)", op, total, maxArgs)
+	}
+	return nil
+}
+
 // maxOutput bounds what an executable may print: its reply is a small JSON
 // object, and a runaway one must not fill the process's memory.
 const maxOutput = 64 << 10
@@ -63,6 +92,9 @@ const maxOutput = 64 << 10
 // and returns its Success reply; every other outcome is a gRPC error naming
 // the driver and the command, or errNotSupported.
 func (d *Driver) call(ctx context.Context, timeout time.Duration, args ...string) (*reply, error) {
+	if err := checkArgs(args[0], args); err != nil {
+		return nil, status.Errorf(status.Code(err), "flex driver %s: %s", d.name, status.Convert(err).Message())
+	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	cmd := d.command(ctx, args)
@@ -83,6 +115,10 @@ func (d *Driver) call(ctx context.Context, timeout time.Duration, args ...string
 			return nil, fail(codes.DeadlineExceeded, "no answer within %s", timeout)
 		}
 		return nil, fail(codes.Canceled, "%v", ctx.Err())
+	}
+	if errors.Is(runErr, syscall.E2BIG) {
+		// A backstop for checkArgs: the limits of this kernel were lower.
+		return nil, fail(codes.OutOfRange, "the arguments are too long to run the executable (%v): store less in the volume", runErr)
 	}
 	if errors.Is(runErr, exec.ErrWaitDelay) && cmd.ProcessState.Success() {
 		runErr = nil // it answered and exited; a child it left keeps the pipe

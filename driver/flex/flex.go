@@ -66,6 +66,9 @@ type Driver struct {
 	mounter                    *mount.SafeFormatAndMount
 	locks                      driver.Locks
 	created                    sync.Map // volume IDs CreateVolume returned, see known
+	// own are the directories of the executables (see ownDirs): no target
+	// or staging path may be in, on or above them.
+	own []driver.Reserved
 }
 
 var _ driver.Driver = (*Driver)(nil)
@@ -97,6 +100,13 @@ func New(ctx context.Context, c Config) (*Driver, error) {
 	if d.path == "" {
 		d.path = DefaultPath
 	}
+	for _, dir := range ownDirs(exe) {
+		r, err := driver.Reserve("the FlexVolume directory of the drivers' executables", dir)
+		if err != nil {
+			return nil, fmt.Errorf("flex driver %s: %w", c.Name, err)
+		}
+		d.own = append(d.own, r)
+	}
 	mode, err := ParseExecMode(string(c.Exec))
 	if err != nil {
 		return nil, fmt.Errorf("flex driver %s: %w", c.Name, err)
@@ -117,6 +127,19 @@ func New(ctx context.Context, c Config) (*Driver, error) {
 	// Left out, attach means true: the kubelet's default.
 	d.attach = r.Capabilities == nil || r.Capabilities.Attach == nil || *r.Capabilities.Attach
 	return d, nil
+}
+
+// ownDirs are the directories a mount must not land in, on or above: the
+// executable's own, and, when that is a driver directory <vendor>~<driver>
+// as the kubelet lays them out, the FlexVolume directory holding every
+// driver's. A volume mounted there would hide the executables or put its
+// own files in their place, to be run as root by the next call.
+func ownDirs(exe string) []string {
+	dir := filepath.Dir(exe)
+	if strings.Contains(filepath.Base(dir), "~") && filepath.Dir(dir) != "/" {
+		return []string{dir, filepath.Dir(dir)}
+	}
+	return []string{dir}
 }
 
 // Attach reports whether the executable attaches volumes (init's answer).

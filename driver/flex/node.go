@@ -3,10 +3,17 @@ package flex
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io/fs"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
 	"slices"
+	"strings"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	mount "k8s.io/mount-utils"
@@ -22,7 +29,7 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 		return nil, status.Errorf(codes.Unimplemented, "flex driver %s does not attach: nothing to stage", d.name)
 	}
 	id, staging, vc := req.GetVolumeId(), req.GetStagingTargetPath(), req.GetVolumeCapability()
-	if err := checkMountRequest(id, "staging target path", staging, vc); err != nil {
+	if err := d.checkMountRequest(id, "staging target path", staging, vc); err != nil {
 		return nil, err
 	}
 	device := req.GetPublishContext()["device"]
@@ -54,36 +61,110 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	case err != errNotSupported:
 		return nil, err
 	}
-	if err := os.MkdirAll(staging, 0o750); err != nil {
-		return nil, status.Errorf(codes.Internal, "create staging path %s: %v", staging, err)
+	// Created relative to verified parents: a symlink put in the way is
+	// not followed.
+	created, err := driver.MkdirHostPath("staging target path", staging, 0o750, true, d.own...)
+	if err != nil {
+		return nil, err
+	}
+	undo := func(err error) (*csi.NodeStageVolumeResponse, error) {
+		if created {
+			_ = driver.RemoveHostDir("staging target path", staging)
+		}
+		return nil, err
 	}
 	_, err = d.call(ctx, d.timeout, "mountdevice", staging, device, opts)
 	if err == errNotSupported {
-		fsType := vc.GetMount().GetFsType()
-		if fsType == "" {
-			fsType = "ext4"
-		}
-		mopts := slices.Clone(vc.GetMount().GetMountFlags())
-		if readOnly {
-			mopts = append(mopts, "ro")
-		}
-		if err := d.mounter.FormatAndMount(device, staging, fsType, mopts); err != nil {
-			return nil, status.Errorf(codes.Internal, "flex driver %s: format and mount %s at %s: %v", d.name, device, staging, err)
+		if err := d.formatAndMount(device, staging, vc, readOnly); err != nil {
+			return undo(err)
 		}
 		return &csi.NodeStageVolumeResponse{}, nil
 	}
 	if err != nil {
-		return nil, err
+		return undo(err)
 	}
 	return &csi.NodeStageVolumeResponse{}, d.mustBeMounted("mountdevice", staging)
 }
 
+// formatAndMount is the kubelet's default mountdevice: format the device
+// when it is blank, then mount it. The device must resolve to a block device
+// under /dev, and the resolved path is what is formatted and mounted: a
+// /dev path that is a symlink to a file (or to anything else) elsewhere is
+// refused before anything is written.
+func (d *Driver) formatAndMount(device, staging string, vc *csi.VolumeCapability, readOnly bool) error {
+	fsType := vc.GetMount().GetFsType()
+	if fsType == "" {
+		fsType = "ext4"
+	}
+	if !validFSType.MatchString(fsType) {
+		return status.Errorf(codes.InvalidArgument, "fsType %q is not a filesystem type", driver.Printable(fsType))
+	}
+	mopts := slices.Clone(vc.GetMount().GetMountFlags())
+	for _, f := range mopts {
+		if f == "" || strings.ContainsAny(f, ",\n\x00") {
+			return status.Errorf(codes.InvalidArgument, "mount flag %q is not a single mount option", driver.Printable(f))
+		}
+	}
+	if readOnly {
+		mopts = append(mopts, "ro")
+	}
+	dev, err := blockDevice(device)
+	if err != nil {
+		return status.Errorf(codes.FailedPrecondition, "flex driver %s: %v: refusing to format or mount it", d.name, err)
+	}
+	err = d.mounter.FormatAndMount(dev, staging, fsType, mopts)
+	if err == nil {
+		return nil
+	}
+	code := codes.Internal
+	var me mount.MountError
+	if errors.As(err, &me) {
+		switch me.Type {
+		case mount.FilesystemMismatch, mount.UnformattedReadOnly:
+			code = codes.FailedPrecondition
+		case mount.FormatFailed:
+			if _, lerr := exec.LookPath("mkfs." + fsType); lerr != nil {
+				code = codes.FailedPrecondition
+				err = fmt.Errorf("no mkfs.%s on this node to format the blank device: %w", fsType, err)
+			}
+		}
+	}
+	return status.Errorf(code, "flex driver %s: format and mount %s at %s: %v", d.name, dev, staging, err)
+}
+
+// validFSType is what a filesystem type looks like ("ext4", "fuse.sshfs"):
+// it becomes part of a command name (mkfs.<type>).
+var validFSType = regexp.MustCompile(`^[a-z0-9][a-z0-9_+-]*(\.[a-z0-9][a-z0-9_+-]*)?$`)
+
+// blockDevice resolves the symlinks of dev and returns the path it names,
+// which must be a block device under /dev.
+func blockDevice(dev string) (string, error) {
+	real, err := filepath.EvalSymlinks(dev)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return "", fmt.Errorf("device %s does not exist", dev)
+		}
+		return "", fmt.Errorf("device %s: %v", dev, err)
+	}
+	if !strings.HasPrefix(real, "/dev/") {
+		return "", fmt.Errorf("device %s resolves to %s, which is not under /dev", dev, real)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(real, &st); err != nil {
+		return "", fmt.Errorf("device %s: %v", real, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFBLK {
+		return "", fmt.Errorf("device %s resolves to %s, which is not a block device", dev, real)
+	}
+	return real, nil
+}
+
 // checkMountRequest validates what staging and publishing share.
-func checkMountRequest(id, what, p string, vc *csi.VolumeCapability) error {
+func (d *Driver) checkMountRequest(id, what, p string, vc *csi.VolumeCapability) error {
 	if err := checkVolumeID(id); err != nil {
 		return err
 	}
-	if err := driver.CheckHostPath(what, p); err != nil {
+	if err := driver.CheckHostPath(what, p, d.own...); err != nil {
 		return err
 	}
 	return driver.CheckMountCapability(vc, "FlexVolume drivers mount filesystems")
@@ -98,7 +179,7 @@ func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolu
 	if err := checkVolumeID(id); err != nil {
 		return nil, err
 	}
-	if err := driver.CheckHostPath("staging target path", staging); err != nil {
+	if err := driver.CheckHostPath("staging target path", staging, d.own...); err != nil {
 		return nil, err
 	}
 	unlock, err := d.locks.TryLock(id)
@@ -112,19 +193,19 @@ func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolu
 	if _, err := d.call(ctx, d.timeout, "unmountdevice", staging); err != nil && err != errNotSupported {
 		return nil, err
 	}
-	return &csi.NodeUnstageVolumeResponse{}, d.cleanup(staging, false)
+	return &csi.NodeUnstageVolumeResponse{}, d.cleanup("staging target path", staging, false)
 }
 
 // NodePublishVolume: drivers that attach get a bind mount of the staged
 // device; the others run mount, which must leave a mount at the target.
 func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
 	id, target, vc := req.GetVolumeId(), req.GetTargetPath(), req.GetVolumeCapability()
-	if err := checkMountRequest(id, "target path", target, vc); err != nil {
+	if err := d.checkMountRequest(id, "target path", target, vc); err != nil {
 		return nil, err
 	}
 	staging := req.GetStagingTargetPath()
 	if d.attach {
-		if err := driver.CheckHostPath("staging target path", staging); err != nil {
+		if err := driver.CheckHostPath("staging target path", staging, d.own...); err != nil {
 			return nil, err
 		}
 	}
@@ -143,15 +224,13 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	} else if m {
 		return &csi.NodePublishVolumeResponse{}, nil
 	}
-	created := false
-	if err := os.Mkdir(target, 0o750); err == nil {
-		created = true
-	} else if !errors.Is(err, os.ErrExist) {
-		return nil, status.Errorf(codes.Internal, "create target %s: %v", target, err)
+	created, err := driver.MkdirHostPath("target path", target, 0o750, false, d.own...)
+	if err != nil {
+		return nil, err
 	}
 	undo := func(err error) (*csi.NodePublishVolumeResponse, error) {
 		if created {
-			os.Remove(target)
+			_ = driver.RemoveHostDir("target path", target)
 		}
 		return nil, err
 	}
@@ -189,7 +268,7 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 	if err := checkVolumeID(id); err != nil {
 		return nil, err
 	}
-	if err := driver.CheckHostPath("target path", target); err != nil {
+	if err := driver.CheckHostPath("target path", target, d.own...); err != nil {
 		return nil, err
 	}
 	unlock, err := d.locks.TryLock(id)
@@ -206,27 +285,37 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 			return nil, err
 		}
 	}
-	return &csi.NodeUnpublishVolumeResponse{}, d.cleanup(target, true)
+	return &csi.NodeUnpublishVolumeResponse{}, d.cleanup("target path", target, true)
 }
 
+// maxStacked bounds the unmounts of one path: mounts stacked on it, not a
+// loop without end.
+const maxStacked = 16
+
 // cleanup unmounts what the executable left mounted (or the bind mount) and,
-// when remove is set, removes the directory.
-func (d *Driver) cleanup(p string, remove bool) error {
-	if remove {
-		if err := mount.CleanupMountPoint(p, d.mounter, true); err != nil {
-			return status.Errorf(codes.Internal, "unmount %s: %v", p, err)
-		}
-		return nil
-	}
-	for {
+// when remove is set, removes the directory: only when empty, relative to
+// its verified parent (a non-empty directory that is not a mount point is
+// FAILED_PRECONDITION, its contents are not ours).
+func (d *Driver) cleanup(what, p string, remove bool) error {
+	for i := 0; ; i++ {
 		m, err := d.unmountState(p)
-		if err != nil || !m {
+		if err != nil {
 			return err
+		}
+		if !m {
+			break
+		}
+		if i == maxStacked {
+			return status.Errorf(codes.FailedPrecondition, "%s %s is still a mount point after %d unmounts", what, p, maxStacked)
 		}
 		if err := d.mounter.Unmount(p); err != nil {
 			return status.Errorf(codes.Internal, "unmount %s: %v", p, err)
 		}
 	}
+	if remove {
+		return driver.RemoveHostDir(what, p)
+	}
+	return nil
 }
 
 // isMountPoint reports whether p is a mount point. A broken one (its FUSE

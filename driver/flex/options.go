@@ -57,5 +57,13 @@ func options(volumeID string, attrs map[string]string, vc *csi.VolumeCapability,
 		o[optSecret+k] = base64.StdEncoding.EncodeToString([]byte(v))
 	}
 	b, err := json.Marshal(o)
-	return string(b), err
+	if err != nil {
+		return "", err
+	}
+	if len(b) > maxArg {
+		return "", status.Errorf(codes.OutOfRange,
+			"volume attributes and secrets make %d bytes of options, more than an executable may be given in one argument (%d bytes): store less in the volume",
+			len(b), maxArg)
+	}
+	return string(b), nil
 }
