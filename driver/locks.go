@@ -12,24 +12,71 @@ import (
 // callers use TryLock rather than queueing behind each other.
 type Locks struct {
 	mu   sync.Mutex
-	held map[string]struct{}
+	held map[string]int // id → holders: the call that took it and its work
 }
 
 // TryLock takes the lock for id, or returns an ABORTED status if it is held.
 // The caller must call the returned function to release it.
 func (l *Locks) TryLock(id string) (func(), error) {
+	k, err := l.Acquire(id)
+	if err != nil {
+		return nil, err
+	}
+	return k.Release, nil
+}
+
+// Acquire takes the lock for id, or returns an ABORTED status if it is held.
+// The caller must Release it; work it starts that may outlive the call takes
+// a Hold first.
+func (l *Locks) Acquire(id string) (*Lock, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.held == nil {
-		l.held = map[string]struct{}{}
+		l.held = map[string]int{}
 	}
-	if _, busy := l.held[id]; busy {
+	if l.held[id] > 0 {
 		return nil, status.Errorf(codes.Aborted, "an operation on volume %s is already in progress", id)
 	}
-	l.held[id] = struct{}{}
+	l.held[id] = 1
+	k := &Lock{l: l, id: id}
+	k.Release = k.releaser()
+	return k, nil
+}
+
+// Lock is a held lock. A call whose context ends returns at once, but work it
+// left running (a removal or a copy going on through open descriptors) must
+// keep the volume locked, or a retry would run beside it: such work takes a
+// Hold, and the id is free only when the call has released it and every hold
+// has ended.
+type Lock struct {
+	l  *Locks
+	id string
+	// Release ends the call's own hold; calling it again does nothing.
+	Release func()
+}
+
+// Hold adds a holder and returns the function that ends it (idempotent).
+// On a nil Lock (an operation that takes no lock) it does nothing.
+func (k *Lock) Hold() (release func()) {
+	if k == nil {
+		return func() {}
+	}
+	k.l.mu.Lock()
+	k.l.held[k.id]++
+	k.l.mu.Unlock()
+	return k.releaser()
+}
+
+// releaser ends one hold, once.
+func (k *Lock) releaser() func() {
+	var once sync.Once
 	return func() {
-		l.mu.Lock()
-		delete(l.held, id)
-		l.mu.Unlock()
-	}, nil
+		once.Do(func() {
+			k.l.mu.Lock()
+			defer k.l.mu.Unlock()
+			if k.l.held[k.id]--; k.l.held[k.id] <= 0 {
+				delete(k.l.held, k.id)
+			}
+		})
+	}
 }
