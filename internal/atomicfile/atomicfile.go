@@ -4,19 +4,36 @@
 package atomicfile
 
 import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
 	"io"
+	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 )
 
 // Write fills file through fill and returns the size written. On any error
-// the temporary file is removed and file is untouched.
+// the temporary file is removed and file is untouched. file's directory is
+// resolved once; see WriteAt.
 func Write(file string, fill func(w io.Writer) error) (int64, error) {
-	f, err := os.CreateTemp(filepath.Dir(file), "."+filepath.Base(file)+".*.tmp")
+	dir, err := os.OpenRoot(filepath.Dir(file))
 	if err != nil {
 		return 0, err
 	}
-	tmp := f.Name()
+	defer dir.Close()
+	return WriteAt(dir, filepath.Base(file), fill)
+}
+
+// WriteAt is Write of the file name inside dir. Every step (create, rename,
+// remove) names the file relative to dir, so a directory swapped for a
+// symlink on the way cannot send the data, or the clean-up, out of it.
+func WriteAt(dir *os.Root, name string, fill func(w io.Writer) error) (int64, error) {
+	f, tmp, err := createTemp(dir, name)
+	if err != nil {
+		return 0, err
+	}
 	err = fill(f)
 	if err == nil {
 		err = f.Sync()
@@ -29,11 +46,25 @@ func Write(file string, fill func(w io.Writer) error) (int64, error) {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Rename(tmp, file)
+		err = dir.Rename(tmp, name)
 	}
 	if err != nil {
-		os.Remove(tmp)
+		dir.Remove(tmp)
 		return 0, err
 	}
 	return size, nil
+}
+
+// createTemp creates a new hidden file next to name: .<base>.<random>.tmp.
+func createTemp(dir *os.Root, name string) (*os.File, string, error) {
+	for range 10 {
+		b := make([]byte, 8)
+		rand.Read(b)
+		tmp := path.Join(path.Dir(name), "."+path.Base(name)+"."+hex.EncodeToString(b)+".tmp")
+		f, err := dir.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+		if !errors.Is(err, fs.ErrExist) {
+			return f, tmp, err
+		}
+	}
+	return nil, "", errors.New("atomicfile: no unused temporary name")
 }

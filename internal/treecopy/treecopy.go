@@ -1,8 +1,11 @@
 // Package treecopy copies a directory tree through a tar stream: to a
 // compressed archive (snapshots), from one (restores), or straight into
-// another directory (clones). Both ends go through os.Root, so a symlink
-// planted in a volume — or swapped in while it is read — can neither pull
-// host files into an archive nor make an extraction write outside its target.
+// another directory (clones). Both ends are os.Roots and every file is named
+// relative to them, so a symlink planted in a volume — or swapped in for a
+// directory while it is read — can neither pull files from outside into an
+// archive nor make an extraction write outside its target. The forms taking
+// host paths open their directories once, for callers whose paths are their
+// own; callers holding an os.Root (a share) use the Root and At forms.
 package treecopy
 
 import (
@@ -14,40 +17,53 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/monocsi/monocsi/internal/atomicfile"
 )
 
-// Write writes the tree below dir to w as a tar stream. Regular files,
-// directories and symlinks are kept with their mode, owner and times; other
-// file types (sockets, devices, fifos) are skipped: they carry no data.
+// Write writes the tree below dir to w as a tar stream; see WriteRoot.
 func Write(w io.Writer, dir string) error {
 	root, err := os.OpenRoot(dir)
 	if err != nil {
 		return err
 	}
 	defer root.Close()
+	return WriteRoot(w, root)
+}
+
+// WriteRoot writes the tree of src to w as a tar stream. Regular files,
+// directories and symlinks are kept with their mode, owner and times; other
+// file types (sockets, devices, fifos) are skipped: they carry no data.
+func WriteRoot(w io.Writer, src *os.Root) error {
 	tw := tar.NewWriter(w)
-	err = fs.WalkDir(root.FS(), ".", func(name string, d fs.DirEntry, err error) error {
+	err := fs.WalkDir(src.FS(), ".", func(name string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
 		if name == "." {
 			return nil
 		}
-		fi, err := root.Lstat(name)
+		fi, err := src.Lstat(name)
 		if err != nil {
 			return err
 		}
 		link := ""
+		var f *os.File
 		switch {
 		case fi.Mode()&fs.ModeSymlink != 0:
-			if link, err = root.Readlink(name); err != nil {
+			if link, err = src.Readlink(name); err != nil {
 				return err
 			}
-		case fi.IsDir(), fi.Mode().IsRegular():
+		case fi.Mode().IsRegular():
+			if f, fi, err = openSame(src, name, fi); err != nil {
+				return err
+			}
+			defer f.Close()
+		case fi.IsDir():
 		default:
 			return nil
 		}
@@ -63,15 +79,10 @@ func Write(w io.Writer, dir string) error {
 		if err := tw.WriteHeader(hdr); err != nil {
 			return err
 		}
-		if !fi.Mode().IsRegular() {
+		if f == nil {
 			return nil
 		}
-		f, err := root.Open(name)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		// The file may have changed size since Lstat: copy exactly hdr.Size.
+		// The file may have changed size since its stat: copy exactly hdr.Size.
 		n, err := io.Copy(tw, io.LimitReader(f, hdr.Size))
 		if err == nil && n < hdr.Size {
 			_, err = io.CopyN(tw, zeros{}, hdr.Size-n)
@@ -79,23 +90,79 @@ func Write(w io.Writer, dir string) error {
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("archive %s: %w", dir, err)
+		return fmt.Errorf("archive %s: %w", src.Name(), err)
 	}
 	return tw.Close()
+}
+
+// openSame opens the regular file name, which Lstat saw as fi, and returns
+// it with its fstat. The file must still be that file, or a regular file
+// that replaced it (an application's atomic rename): a symlink swapped in
+// for it would otherwise have its target's content archived under its name.
+func openSame(root *os.Root, name string, fi fs.FileInfo) (*os.File, fs.FileInfo, error) {
+	f, ofi, err := OpenRegular(root, name)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !os.SameFile(fi, ofi) {
+		if now, err := root.Lstat(name); err != nil || !now.Mode().IsRegular() || !os.SameFile(now, ofi) {
+			f.Close()
+			return nil, nil, fmt.Errorf("%s was replaced while being read", name)
+		}
+	}
+	return f, ofi, nil
+}
+
+// LeaseWait bounds how long OpenRegular waits for a lease to be broken.
+const LeaseWait = 2 * time.Minute
+
+// OpenRegular opens the regular file name in root for reading. The open
+// never blocks: a FIFO or device swapped in for the file would otherwise
+// hang the caller for ever, and the volume's lock with it. A lease held on
+// the file (Samba's oplocks, a tool on the NFS server) makes such an open
+// fail with EWOULDBLOCK while the kernel breaks the lease, which it does
+// within fs.lease-break-time (45 s by default): that is waited for, polling,
+// up to LeaseWait.
+func OpenRegular(root *os.Root, name string) (*os.File, fs.FileInfo, error) {
+	give := time.Now().Add(LeaseWait)
+	for {
+		f, err := root.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+		if errors.Is(err, syscall.EWOULDBLOCK) && time.Now().Before(give) {
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		fi, err := f.Stat()
+		if err == nil && !fi.Mode().IsRegular() {
+			err = fmt.Errorf("%s is not a regular file (%s)", name, fi.Mode().Type())
+		}
+		if err != nil {
+			f.Close()
+			return nil, nil, err
+		}
+		return f, fi, nil
+	}
 }
 
 type zeros struct{}
 
 func (zeros) Read(b []byte) (int, error) { clear(b); return len(b), nil }
 
-// Extract unpacks a tar stream into dir, which must exist. Entry names must
-// be relative and stay inside dir; anything else fails the whole extraction.
+// Extract unpacks a tar stream into dir, which must exist; see ExtractRoot.
 func Extract(r io.Reader, dir string) error {
 	root, err := os.OpenRoot(dir)
 	if err != nil {
 		return err
 	}
 	defer root.Close()
+	return ExtractRoot(r, root)
+}
+
+// ExtractRoot unpacks a tar stream into root. Entry names must be relative
+// and stay inside it; anything else fails the whole extraction.
+func ExtractRoot(r io.Reader, root *os.Root) error {
 	tr := tar.NewReader(r)
 	type dirTimes struct {
 		name string
@@ -171,9 +238,14 @@ func Extract(r io.Reader, dir string) error {
 
 // Copy copies the tree below src into dst, which must exist.
 func Copy(src, dst string) error {
+	return withRoots(src, dst, CopyRoot)
+}
+
+// CopyRoot copies the tree of src into dst.
+func CopyRoot(src, dst *os.Root) error {
 	pr, pw := io.Pipe()
-	go func() { pw.CloseWithError(Write(pw, src)) }()
-	err := Extract(pr, dst)
+	go func() { pw.CloseWithError(WriteRoot(pw, src)) }()
+	err := ExtractRoot(pr, dst)
 	pr.CloseWithError(errors.New("extraction stopped"))
 	return err
 }
@@ -181,9 +253,20 @@ func Copy(src, dst string) error {
 // WriteFile writes a gzip-compressed archive of dir to file, atomically,
 // and returns the archive's size.
 func WriteFile(file, dir string) (int64, error) {
-	return atomicfile.Write(file, func(w io.Writer) error {
+	var size int64
+	err := withRoots(filepath.Dir(file), dir, func(out, src *os.Root) (err error) {
+		size, err = WriteFileAt(out, filepath.Base(file), src)
+		return err
+	})
+	return size, err
+}
+
+// WriteFileAt writes a gzip-compressed archive of src to name in dir,
+// atomically, and returns the archive's size.
+func WriteFileAt(dir *os.Root, name string, src *os.Root) (int64, error) {
+	return atomicfile.WriteAt(dir, name, func(w io.Writer) error {
 		zw := gzip.NewWriter(w)
-		if err := Write(zw, dir); err != nil {
+		if err := WriteRoot(zw, src); err != nil {
 			return err
 		}
 		return zw.Close()
@@ -192,14 +275,36 @@ func WriteFile(file, dir string) (int64, error) {
 
 // ExtractFile unpacks a gzip-compressed archive written by WriteFile into dir.
 func ExtractFile(file, dir string) error {
-	f, err := os.Open(file)
+	return withRoots(filepath.Dir(file), dir, func(in, dst *os.Root) error {
+		return ExtractFileAt(in, filepath.Base(file), dst)
+	})
+}
+
+// ExtractFileAt unpacks the gzip-compressed archive name in dir into dst.
+func ExtractFileAt(dir *os.Root, name string, dst *os.Root) error {
+	f, _, err := OpenRegular(dir, name)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
 	zr, err := gzip.NewReader(f)
 	if err != nil {
-		return fmt.Errorf("read %s: %w", file, err)
+		return fmt.Errorf("read %s: %w", name, err)
 	}
-	return Extract(zr, dir)
+	return ExtractRoot(zr, dst)
+}
+
+// withRoots opens two directories as roots for fn.
+func withRoots(a, b string, fn func(a, b *os.Root) error) error {
+	ra, err := os.OpenRoot(a)
+	if err != nil {
+		return err
+	}
+	defer ra.Close()
+	rb, err := os.OpenRoot(b)
+	if err != nil {
+		return err
+	}
+	defer rb.Close()
+	return fn(ra, rb)
 }
