@@ -32,7 +32,7 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	if err != nil {
 		return nil, err
 	}
-	v := volume{server: p.server, share: p.share, subDir: name, onDelete: p.onDelete}
+	v := volume{server: p.server, share: "/" + strings.Trim(p.share, "/"), subDir: name, onDelete: p.onDelete}
 	if p.hasSubDir {
 		if v.subDir, err = expand(p.subDir, req.GetParameters()); err != nil {
 			return nil, err
@@ -43,6 +43,9 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		}
 		v.uuid = name // templated sub-directories may repeat; the handle must not
 	}
+	if err := v.checkRoundTrip(); err != nil {
+		return nil, err
+	}
 	opts := mountFlags(req.GetVolumeCapabilities())
 	if err := checkOptions(opts); err != nil {
 		return nil, err
@@ -50,37 +53,53 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	extra, _ := splitOptions(p.mountOptions) // checked by parseParams
 	opts = append(opts, extra...)
 
-	unlock, err := d.locks.TryLock(v.dirKey())
+	lk, err := d.locks.Acquire(v.dirKey())
 	if err != nil {
 		return nil, err
 	}
-	defer unlock()
+	defer lk.Release()
 	src := req.GetVolumeContentSource()
-	err = d.withShare(ctx, v.server, v.share, opts, func(root *os.Root) error {
-		if dir := path.Dir(v.subDir); dir != "." {
-			if err := root.MkdirAll(dir, 0o777); err != nil {
-				return shareError("create", dir, err)
-			}
+	err = d.withShare(ctx, lk, v.server, v.share, opts, func(root *os.Root) error {
+		// No symlink is followed on the way: a subDir through one would
+		// create the volume inside whatever it points to (a sibling volume).
+		parent, base, err := splitDir(root, v.subDir, true)
+		if err != nil {
+			return shareError("create", v.subDir, err)
 		}
-		_, err := root.Lstat(v.subDir)
+		defer parent.Close()
+		created := false
+		_, err = parent.Lstat(base)
 		switch {
 		case errors.Is(err, fs.ErrNotExist) && src != nil:
-			if err := d.populate(ctx, root, v.subDir, src); err != nil {
+			if err := d.populate(ctx, lk, parent, base, v.subDir, src); err != nil {
 				return err
 			}
+			created = true
 		case errors.Is(err, fs.ErrNotExist):
-			if err := root.Mkdir(v.subDir, 0o777); err != nil && !errors.Is(err, fs.ErrExist) {
+			err := parent.Mkdir(base, 0o777)
+			if err != nil && !errors.Is(err, fs.ErrExist) {
 				return shareError("create", v.subDir, err)
 			}
+			created = err == nil
 		case err != nil:
 			return shareError("inspect", v.subDir, err)
 		}
-		if fi, err := root.Stat(v.subDir); err != nil || !fi.IsDir() {
+		dir, err := openChild(parent, base, v.subDir)
+		var pe *pathError
+		if errors.As(err, &pe) && pe.what == notADirectory {
 			return status.Errorf(codes.AlreadyExists, "%s on the share exists and is not a directory", v.subDir)
+		} else if err != nil {
+			return shareError("open", v.subDir, err)
 		}
+		defer dir.Close()
 		if p.mountPermissions > 0 {
-			if err := root.Chmod(v.subDir, fs.FileMode(p.mountPermissions)); err != nil {
-				return shareError("chmod", v.subDir, err)
+			if err := chmodExactly(dir, p.mountPermissions, v.subDir); err != nil {
+				if created { // not a volume: what the server keeps is not what was asked
+					if rerr := removeDir(parent, base, v.subDir); rerr != nil {
+						klog.ErrorS(rerr, "Cannot remove the directory of a refused volume", "subDir", v.subDir)
+					}
+				}
+				return err
 			}
 		}
 		return nil
@@ -184,15 +203,22 @@ func (d *Driver) deleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest,
 		klog.V(2).InfoS("Volume is retained on the share", "volumeID", id)
 		return &csi.DeleteVolumeResponse{}, nil
 	}
-	unlock, err := d.locks.TryLock(v.dirKey())
+	lk, err := d.locks.Acquire(v.dirKey())
 	if err != nil {
 		return nil, err
 	}
-	defer unlock()
-	err = d.withShare(ctx, v.server, v.share, opts, func(root *os.Root) error {
-		fi, err := root.Lstat(v.subDir)
+	defer lk.Release()
+	err = d.withShare(ctx, lk, v.server, v.share, opts, func(root *os.Root) error {
+		parent, base, err := splitDir(root, v.subDir, false)
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil // deleted before, or never created
+		} else if err != nil {
+			return shareError("delete", v.subDir, err)
+		}
+		defer parent.Close()
+		fi, err := parent.Lstat(base)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
 		} else if err != nil {
 			return shareError("inspect", v.subDir, err)
 		}
@@ -200,9 +226,9 @@ func (d *Driver) deleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest,
 			return status.Errorf(codes.InvalidArgument, "%s on the share is not a directory (a symlink?): not a volume of this driver, left alone", v.subDir)
 		}
 		if onDelete == onDeleteArchive {
-			return archive(root, v.subDir)
+			return archive(root, parent, base, v.subDir)
 		}
-		if err := root.RemoveAll(v.subDir); err != nil {
+		if err := removeDir(parent, base, v.subDir); err != nil {
 			return shareError("remove", v.subDir, err)
 		}
 		removeEmptyParents(root, v.subDir)
@@ -214,20 +240,21 @@ func (d *Driver) deleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest,
 	return &csi.DeleteVolumeResponse{}, nil
 }
 
-// archive renames subDir to archived-<subDir>, as csi-driver-nfs does; an
-// earlier archive of the same name is kept and the new one gets a time
-// suffix, so no data is lost.
-func archive(root *os.Root, subDir string) error {
+// archive renames subDir (base in parent) to archived-<subDir>, as
+// csi-driver-nfs does; an earlier archive of the same name is kept and the
+// new one gets a time suffix, so no data is lost.
+func archive(root, parent *os.Root, base, subDir string) error {
 	to := archivePrefix + subDir
-	if _, err := root.Lstat(to); err == nil {
-		to += "-" + time.Now().UTC().Format("20060102T150405Z")
+	toParent, toBase, err := splitDir(root, to, true)
+	if err != nil {
+		return shareError("create", path.Dir(to), err)
 	}
-	if dir := path.Dir(to); dir != "." {
-		if err := root.MkdirAll(dir, 0o777); err != nil {
-			return shareError("create", dir, err)
-		}
+	defer toParent.Close()
+	if _, err := toParent.Lstat(toBase); err == nil {
+		suffix := "-" + time.Now().UTC().Format("20060102T150405Z")
+		toBase, to = toBase+suffix, to+suffix
 	}
-	if err := root.Rename(subDir, to); err != nil {
+	if err := renameDir(parent, base, toParent, toBase); err != nil {
 		return shareError("archive", subDir, err)
 	}
 	klog.InfoS("Archived volume directory", "from", subDir, "to", to)
@@ -235,22 +262,20 @@ func archive(root *os.Root, subDir string) error {
 }
 
 // removeEmptyParents removes the parents a nested subDir (ns/claim) created,
-// as long as they are empty; failing to is harmless.
+// as long as they are empty directories (never a symlink, never through
+// one); failing to is harmless.
 func removeEmptyParents(root *os.Root, subDir string) {
 	for dir := path.Dir(subDir); dir != "."; dir = path.Dir(dir) {
-		if root.Remove(dir) != nil {
+		parent, base, err := splitDir(root, dir, false)
+		if err != nil {
+			return
+		}
+		err = rmdir(parent, base)
+		parent.Close()
+		if err != nil {
 			return
 		}
 	}
-}
-
-// shareError reports a failed operation on the share; a path leading out of
-// the share through a symlink is the caller's error, not the driver's.
-func shareError(op, p string, err error) error {
-	if strings.Contains(err.Error(), "escapes") {
-		return status.Errorf(codes.InvalidArgument, "%s %s: it leads out of the share through a symlink", op, p)
-	}
-	return status.Errorf(codes.Internal, "%s %s on the share: %v", op, p, err)
 }
 
 func internal(format string, args ...any) error {
@@ -275,8 +300,11 @@ func (d *Driver) ValidateVolumeCapabilities(ctx context.Context, req *csi.Valida
 	if err := driver.CheckCapabilities(req.GetVolumeCapabilities()); err != nil {
 		return nil, err
 	}
-	err = d.withShare(ctx, v.server, v.share, nil, func(root *os.Root) error {
-		_, err := volumeDir(root, v.subDir, req.GetVolumeId())
+	err = d.withShare(ctx, nil, v.server, v.share, nil, func(root *os.Root) error {
+		dir, err := volumeDir(root, v.subDir, req.GetVolumeId())
+		if err == nil {
+			dir.Close()
+		}
 		return err
 	})
 	if err != nil {

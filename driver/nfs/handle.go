@@ -48,10 +48,43 @@ func (v volume) dirKey() string {
 
 var legacyHandle = regexp.MustCompile(`^([^/]+)/(.*)/([^/]+)$`)
 
+// same reports whether two volumes are the same, onDelete "delete" being
+// the unwritten default.
+func (v volume) same(w volume) bool {
+	norm := func(x volume) volume {
+		if x.onDelete == onDeleteDelete {
+			x.onDelete = ""
+		}
+		return x
+	}
+	return norm(v) == norm(w)
+}
+
+// checkRoundTrip refuses, at CreateVolume, values whose handle would read
+// back as another volume: DeleteVolume would then act on that one.
+func (v volume) checkRoundTrip() error {
+	if back, err := parseHandle(v.id()); err != nil || !back.same(v) {
+		return status.Errorf(codes.InvalidArgument, "server %q, share %q, subDir %q and name %q do not make a volume handle that reads back as the same volume",
+			driver.Printable(v.server), driver.Printable(v.share), driver.Printable(v.subDir), driver.Printable(v.uuid))
+	}
+	return nil
+}
+
 // parseHandle reads a handle and validates every part, so nothing taken from
 // it can reach a mount command or escape the share. The share is returned
 // absolute ("/" + the trimmed value).
 func parseHandle(id string) (volume, error) {
+	v, err := splitHandle(id)
+	if err != nil {
+		return v, err
+	}
+	if back, err := splitHandle(v.id()); err != nil || !back.same(v) {
+		return v, notOurs(id, "its fields, written back into a handle, read as other fields")
+	}
+	return v, nil
+}
+
+func splitHandle(id string) (volume, error) {
 	var v volume
 	if err := driver.CheckText("volume ID", id, maxHandleLen); err != nil {
 		return v, err
@@ -85,6 +118,11 @@ func parseHandle(id string) (volume, error) {
 	}
 	if err := checkSubDir(v.subDir); err != nil {
 		return v, notOurs(id, status.Convert(err).Message())
+	}
+	if v.uuid != "" {
+		if err := driver.ValidID("uuid", v.uuid); err != nil {
+			return v, notOurs(id, status.Convert(err).Message())
+		}
 	}
 	switch v.onDelete {
 	case "", onDeleteDelete, onDeleteRetain, onDeleteArchive:

@@ -1,6 +1,7 @@
 package nfs
 
 import (
+	"strings"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -57,5 +58,63 @@ func TestExpandTemplates(t *testing.T) {
 	}
 	if _, err := expand("${pvc.metadata.name}", nil); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("a template without its parameter: %v, want InvalidArgument", err)
+	}
+}
+
+// Every value CreateVolume accepts makes a handle that reads back as the
+// same volume; a server whose IPv6 zone holds '#' or '/' would not (its
+// handle named another server, share and subDir), so it is refused, and a
+// handle whose fields do not survive being written back is not ours.
+func TestHandlesRoundTrip(t *testing.T) {
+	for _, v := range []volume{
+		{server: "fe80::1%eth0", share: "/exports", subDir: "d", uuid: "pvc-1"},
+		{server: "[fd00::1]", share: "/", subDir: "ns/claim", uuid: "pvc-2", onDelete: "archive"},
+		{server: "nfs.example", share: "/a/b", subDir: "pvc-3"},
+	} {
+		if err := v.checkRoundTrip(); err != nil {
+			t.Errorf("%+v: %v", v, err)
+		}
+	}
+	for _, server := range []string{"fe80::1%a#b", "fe80::1%a/b", "fe80::1%", "fe80::1%a b", "fe80::1%" + "abcdefghijklmnop", "[fe80::1", "fe80::1]", "[10.0.0.1]", "10.0.0.1%eth0", "a:b", "h#x"} {
+		if err := checkServer(server); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("checkServer(%q): %v, want InvalidArgument", server, err)
+		}
+	}
+	for _, v := range []volume{
+		{server: "h", share: "/exports", subDir: "d/", uuid: "pvc-4"}, // the handle trims the slash
+		{server: "h", share: "/exports", subDir: "d", uuid: "a#b"},
+		{server: "h", share: "/exports", subDir: "d", uuid: "../x"},
+	} {
+		if err := v.checkRoundTrip(); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("checkRoundTrip(%+v): %v, want InvalidArgument", v, err)
+		}
+	}
+	for _, id := range []string{
+		"h#exports#d/#pvc-5",      // reads back as subDir d
+		"h#exports#d#../x",        // uuid is not a name
+		"fe80::1%a#b#exports#d#u", // six fields: not ours either
+		"h#exports#d#" + strings.Repeat("u", 200),
+		"h#exports#" + strings.Repeat("n", 256) + "#",
+	} {
+		if _, err := parseHandle(id); status.Code(err) != codes.NotFound {
+			t.Errorf("parseHandle(%q): %v, want NotFound", id, err)
+		}
+	}
+	// csi-driver-nfs's own forms keep working: a trailing empty onDelete,
+	// an explicit delete, no uuid.
+	for _, id := range []string{"h#share#subdir#pv-name#", "h#share#pv-name##", "h#share#d#uuid#delete", "h#share#d##archive"} {
+		if _, err := parseHandle(id); err != nil {
+			t.Errorf("parseHandle(%q): %v", id, err)
+		}
+	}
+	for _, id := range []string{"h#exports#snap#snap#pvc", "fd00::1#exports#snap#snap#pvc"} {
+		if _, err := parseSnapshot(id); err != nil {
+			t.Errorf("parseSnapshot(%q): %v", id, err)
+		}
+	}
+	for _, id := range []string{"fe80::1%a/b#exports#s#s#pvc", "h#exports#s#t#pvc", "h#exports#s#s#../p"} {
+		if _, err := parseSnapshot(id); status.Code(err) != codes.NotFound {
+			t.Errorf("parseSnapshot(%q): %v, want NotFound", id, err)
+		}
 	}
 }

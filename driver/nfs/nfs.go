@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 
@@ -53,6 +52,7 @@ type Driver struct {
 	name, nodeID, version, workDir, onDelete string
 	run                                      runner
 	locks                                    driver.Locks
+	own                                      driver.Reserved // the work directory: no target in, on or above it
 	statMu                                   sync.Mutex
 	statting                                 map[string]bool // paths with a statfs in flight
 }
@@ -92,6 +92,10 @@ func New(c Config) (*Driver, error) {
 	if err := os.MkdirAll(d.workDir, 0o700); err != nil {
 		return nil, fmt.Errorf("nfs driver: create work directory: %w", err)
 	}
+	var err error
+	if d.own, err = driver.Reserve("the nfs driver's work directory (its working mounts of shares)", d.workDir); err != nil {
+		return nil, fmt.Errorf("nfs driver: %w", err)
+	}
 	if err := d.clearWorkDir(); err != nil {
 		return nil, fmt.Errorf("nfs driver: %w", err)
 	}
@@ -123,9 +127,14 @@ func (d *Driver) clearWorkDir() error {
 // share, whatever symlinks the share holds), and always unmounts and removes
 // the working directory. The working mount is soft unless the options say
 // otherwise, and fn is abandoned when ctx ends (the mount is then forced
-// off, which fails its pending calls): a server that dies mid-operation
-// costs an error, not a stuck call holding the volume's lock.
-func (d *Driver) withShare(ctx context.Context, server, share string, opts []string, fn func(*os.Root) error) (err error) {
+// off, which fails its pending calls on a dead server): a server that dies
+// mid-operation costs an error, not a stuck call.
+//
+// Abandoned work may still go on through its open descriptors (a removal, a
+// copy on a server that answers slowly), so fn holds lk until it returns:
+// the volume stays locked, and a retry gets ABORTED instead of running beside
+// it. lk may be nil for an operation that takes no lock.
+func (d *Driver) withShare(ctx context.Context, lk *driver.Lock, server, share string, opts []string, fn func(*os.Root) error) (err error) {
 	dir, err := os.MkdirTemp(d.workDir, "share-")
 	if err != nil {
 		return internal("create working mount point: %v", err)
@@ -148,18 +157,20 @@ func (d *Driver) withShare(ctx context.Context, server, share string, opts []str
 		return internal("open the share's root: %v", err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- fn(root) }()
+	release := lk.Hold()
+	go func() {
+		err := fn(root)
+		root.Close()
+		release() // before the result: a caller that got it may retry at once
+		done <- err
+	}()
 	select {
 	case err = <-done:
-		root.Close()
 		return err
 	case <-ctx.Done():
 	}
-	// Abandoned: the deferred unmount forces the mount off (its last steps
-	// fail fn's pending calls) and fn's goroutine ends with them.
-	go func() { <-done; root.Close() }()
-	klog.ErrorS(ctx.Err(), "NFS server stopped answering during an operation; forcing the working mount off", "server", server, "share", share)
-	return status.Errorf(codes.DeadlineExceeded, "%s:%s stopped answering during the operation (%v); is the NFS server reachable?", server, share, ctx.Err())
+	klog.ErrorS(ctx.Err(), "Call ended during an operation on the share; the working mount is forced off, and the operation keeps the volume locked until it returns", "server", server, "share", share)
+	return status.Errorf(status.FromContextError(ctx.Err()).Code(), "%s:%s: the call ended (%v) before the operation on the share did; the volume stays locked until it returns (is the NFS server reachable?)", server, share, ctx.Err())
 }
 
 // workingOptions makes the controller's short-lived mounts soft (a call

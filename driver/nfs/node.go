@@ -2,7 +2,6 @@ package nfs
 
 import (
 	"context"
-	"errors"
 	"os"
 	"strings"
 	"time"
@@ -63,7 +62,7 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	if err := driver.CheckText("volume ID", id, maxHandleLen); err != nil {
 		return nil, err
 	}
-	if err := driver.CheckHostPath("target path", target); err != nil {
+	if err := driver.CheckHostPath("target path", target, d.own); err != nil {
 		return nil, err
 	}
 	if err := checkCapabilities([]*csi.VolumeCapability{vc}); err != nil {
@@ -100,23 +99,23 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	} else if m {
 		return &csi.NodePublishVolumeResponse{}, nil
 	}
-	created := false
-	if err := os.Mkdir(target, 0o750); err == nil {
-		created = true
-	} else if !errors.Is(err, os.ErrExist) {
-		return nil, internal("create target %s: %v", target, err)
+	created, err := driver.MkdirHostPath("target path", target, 0o750, false, d.own)
+	if err != nil {
+		return nil, err
 	}
 	if err := d.run.mountNFS(ctx, src, target, opts); err != nil {
 		if created {
-			os.Remove(target)
+			_ = driver.RemoveHostDir("target path", target)
 		}
 		return nil, err
 	}
 	if p.mountPermissions > 0 && !readOnly {
 		// The mount root's mode is the server's; applied after every mount,
 		// as csi-driver-nfs does, so pods of any user can write when asked.
-		if err := os.Chmod(target, os.FileMode(p.mountPermissions)); err != nil {
+		if err := os.Chmod(target, fileMode(p.mountPermissions)); err != nil {
 			klog.ErrorS(err, "Cannot apply mountPermissions to the volume", "target", target)
+		} else if fi, err := os.Stat(target); err == nil && modeBits(fi.Mode()) != p.mountPermissions {
+			klog.ErrorS(nil, "The server does not keep mountPermissions on the volume", "target", target, "want", p.mountPermissions, "got", modeBits(fi.Mode()))
 		}
 	}
 	return &csi.NodePublishVolumeResponse{}, nil
@@ -130,7 +129,7 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 	if err := driver.CheckText("volume ID", id, maxHandleLen); err != nil {
 		return nil, err
 	}
-	if err := driver.CheckHostPath("target path", target); err != nil {
+	if err := driver.CheckHostPath("target path", target, d.own); err != nil {
 		return nil, err
 	}
 	unlock, err := d.locks.TryLock(target)
@@ -141,8 +140,8 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 	if err := d.run.unmount(ctx, target); err != nil {
 		return nil, err
 	}
-	if err := os.Remove(target); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, internal("remove target %s: %v", target, err)
+	if err := driver.RemoveHostDir("target path", target); err != nil {
+		return nil, err
 	}
 	return &csi.NodeUnpublishVolumeResponse{}, nil
 }

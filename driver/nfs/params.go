@@ -128,12 +128,30 @@ func expand(subDir string, m map[string]string) (string, error) {
 }
 
 // checkServer accepts a DNS name or an IP address (IPv6 with or without
-// brackets): nothing that mount could read as an option or a second argument.
+// brackets, with a zone of an interface name's plain characters): nothing
+// that mount could read as an option or a second argument, and nothing a
+// volume handle could not carry ('#' separates its fields, '/' the older
+// form's).
 func checkServer(s string) error {
 	if err := driver.CheckText("server", s, 253); err != nil {
 		return err
 	}
-	if _, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(s, "["), "]")); err == nil {
+	bad := status.Errorf(codes.InvalidArgument, "server %q is not a host name or an IP address", driver.Printable(s))
+	if strings.ContainsAny(s, ":[]%") {
+		inner, bracketed := strings.CutPrefix(s, "[")
+		if bracketed {
+			var ok bool
+			if inner, ok = strings.CutSuffix(inner, "]"); !ok {
+				return bad
+			}
+		}
+		a, err := netip.ParseAddr(inner)
+		if err != nil || !a.Is6() || !plainZone(a.Zone()) {
+			return status.Errorf(codes.InvalidArgument, "server %q is not a host name or an IP address (an IPv6 zone must be an interface name: letters, digits, '.', '_', '-')", driver.Printable(s))
+		}
+		return nil
+	}
+	if _, err := netip.ParseAddr(s); err == nil {
 		return nil
 	}
 	for _, label := range strings.Split(s, ".") {
@@ -142,10 +160,24 @@ func checkServer(s string) error {
 			ok = ok && (c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_')
 		}
 		if !ok {
-			return status.Errorf(codes.InvalidArgument, "server %q is not a host name or an IP address", driver.Printable(s))
+			return bad
 		}
 	}
 	return nil
+}
+
+// plainZone accepts an IPv6 zone that is empty or an interface name of
+// letters, digits, '.', '_' and '-' (at most 15 bytes, as Linux's).
+func plainZone(z string) bool {
+	if len(z) > 15 {
+		return false
+	}
+	for _, c := range z {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 // mountHost is the server as mount wants it: IPv6 addresses in brackets.
@@ -188,6 +220,9 @@ func checkSubDir(s string) error {
 	for _, seg := range strings.Split(strings.TrimSuffix(s, "/"), "/") {
 		if seg == "" || seg == "." || seg == ".." {
 			return status.Errorf(codes.InvalidArgument, "subDir %q must be a path of plain names inside the share (no '', '.' or '..' segments)", driver.Printable(s))
+		}
+		if len(seg) > 255 {
+			return status.Errorf(codes.InvalidArgument, "subDir %q has a name of %d bytes; a file name has at most 255", driver.Printable(s), len(seg))
 		}
 	}
 	return nil

@@ -6,8 +6,8 @@ import (
 	"io/fs"
 	"os"
 	"path"
-	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -34,8 +34,20 @@ func (s snapshot) id() string {
 func (s snapshot) archive() string { return path.Join(s.name, s.src+".tar.gz") }
 
 // parseSnapshot reads a snapshot handle; one this driver cannot have
-// written is NOT_FOUND.
+// written is NOT_FOUND, as is one whose fields, written back into a handle,
+// read as other fields (see parseHandle).
 func parseSnapshot(id string) (snapshot, error) {
+	s, err := splitSnapshot(id)
+	if err != nil {
+		return s, err
+	}
+	if back, err := splitSnapshot(s.id()); err != nil || back != s {
+		return snapshot{}, status.Errorf(codes.NotFound, "snapshot ID %q is not an NFS snapshot handle: its fields, written back into a handle, read as other fields", driver.Printable(id))
+	}
+	return s, nil
+}
+
+func splitSnapshot(id string) (snapshot, error) {
 	if err := driver.CheckText("snapshot ID", id, maxHandleLen); err != nil {
 		return snapshot{}, err
 	}
@@ -90,44 +102,55 @@ func (d *Driver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 	if err := checkShare(s.share); err != nil {
 		return nil, err
 	}
+	s.share = "/" + strings.Trim(s.share, "/")
 	if err := driver.ValidID("snapshot source", s.src); err != nil {
 		return nil, err
 	}
-	unlock, err := d.locks.TryLock("snapshot:" + s.name)
+	if back, err := parseSnapshot(s.id()); err != nil || back != s {
+		return nil, status.Errorf(codes.InvalidArgument, "server %q and share %q do not make a snapshot handle that reads back the same", driver.Printable(s.server), driver.Printable(s.share))
+	}
+	lk, err := d.locks.Acquire("snapshot:" + s.name)
 	if err != nil {
 		return nil, err
 	}
-	defer unlock()
+	defer lk.Release()
 	var size int64
 	var created *timestamppb.Timestamp
-	err = d.withShare(ctx, s.server, s.share, nil, func(dst *os.Root) error {
-		if err := dst.MkdirAll(s.name, 0o755); err != nil {
+	name := path.Base(s.archive())
+	err = d.withShare(ctx, lk, s.server, s.share, nil, func(dst *os.Root) error {
+		dir, err := mkdirAll(dst, s.name)
+		if err != nil {
 			return shareError("create", s.name, err)
 		}
-		entries, err := readDir(dst, s.name)
+		defer dir.Close()
+		entries, err := readNames(dir)
 		if err != nil {
-			return err
+			return shareError("list", s.name, err)
 		}
 		for _, e := range entries {
-			if strings.HasPrefix(e, ".") {
-				dst.Remove(path.Join(s.name, e)) // an archive an interrupted call left half-written
+			if strings.HasPrefix(e, "."+name+".") && strings.HasSuffix(e, ".tmp") {
+				dir.Remove(e) // an archive an interrupted call left half-written
 				continue
 			}
-			if e != path.Base(s.archive()) {
+			if e != name && !strings.HasPrefix(e, ".") { // .nfs* files are the NFS client's
 				return status.Errorf(codes.AlreadyExists, "snapshot %s already exists for another volume (%s)", s.name, e)
 			}
 		}
-		if fi, err := dst.Stat(s.archive()); err == nil { // taken before: idempotent
+		if fi, err := dir.Lstat(name); err == nil { // taken before: idempotent
+			if !fi.Mode().IsRegular() {
+				return status.Errorf(codes.AlreadyExists, "snapshot %s: %s on the share is not an archive this driver wrote", s.name, s.archive())
+			}
 			size, created = fi.Size(), timestamppb.New(fi.ModTime())
 			return nil
 		}
-		return d.withShare(ctx, v.server, v.share, nil, func(src *os.Root) error {
-			dir, err := volumeDir(src, v.subDir, req.GetSourceVolumeId())
+		return d.withShare(ctx, lk, v.server, v.share, nil, func(src *os.Root) error {
+			vdir, err := volumeDir(src, v.subDir, req.GetSourceVolumeId())
 			if err != nil {
 				return err
 			}
-			if size, err = treecopy.WriteFile(filepath.Join(dst.Name(), s.archive()), dir); err != nil {
-				return internal("archive %s: %v", v.subDir, err)
+			defer vdir.Close()
+			if size, err = treecopy.WriteFileAt(dir, name, vdir); err != nil {
+				return copyError("archive", v.subDir, err, codes.Internal)
 			}
 			created = timestamppb.Now()
 			return nil
@@ -140,8 +163,10 @@ func (d *Driver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 		SizeBytes: size, CreationTime: created, ReadyToUse: true}}, nil
 }
 
-// DeleteSnapshot removes the snapshot's directory; a handle this driver
-// cannot have written is an already deleted snapshot.
+// DeleteSnapshot removes the snapshot's archive and its then empty
+// directory, nothing else: a directory holding more, or a symlink in its
+// place, is not this snapshot's. A handle this driver cannot have written is
+// an already deleted snapshot.
 func (d *Driver) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequest) (*csi.DeleteSnapshotResponse, error) {
 	if req.GetSnapshotId() == "" {
 		return nil, status.Error(codes.InvalidArgument, "snapshot ID is required")
@@ -153,18 +178,39 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequ
 	if err != nil {
 		return nil, err
 	}
-	unlock, err := d.locks.TryLock("snapshot:" + s.name)
+	lk, err := d.locks.Acquire("snapshot:" + s.name)
 	if err != nil {
 		return nil, err
 	}
-	defer unlock()
-	err = d.withShare(ctx, s.server, s.share, nil, func(root *os.Root) error {
-		// Only the archive and the then empty directory: a directory of that
-		// name holding anything else is not this snapshot's to delete.
-		if err := root.Remove(s.archive()); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return shareError("remove", s.archive(), err)
+	defer lk.Release()
+	err = d.withShare(ctx, lk, s.server, s.share, nil, func(root *os.Root) error {
+		dir, err := openDir(root, s.name)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		} else if err != nil {
+			return shareError("delete snapshot", s.name, err)
 		}
-		if err := root.Remove(s.name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		name := path.Base(s.archive())
+		fi, err := dir.Lstat(name)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+		case err != nil:
+			dir.Close()
+			return shareError("inspect", s.archive(), err)
+		case !fi.Mode().IsRegular():
+			dir.Close()
+			return status.Errorf(codes.FailedPrecondition, "%s on the share is not an archive this driver wrote; left alone", s.archive())
+		default:
+			if err := dir.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				dir.Close()
+				return shareError("remove", s.archive(), err)
+			}
+		}
+		dir.Close()
+		if err := rmdir(root, s.name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			if errors.Is(err, syscall.ENOTDIR) {
+				return status.Errorf(codes.InvalidArgument, "%s on the share is no longer a directory (a symlink?): left alone", s.name)
+			}
 			return status.Errorf(codes.FailedPrecondition, "snapshot directory %s holds more than the snapshot's archive; left alone: %v", s.name, err)
 		}
 		return nil
@@ -175,60 +221,74 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequ
 	return &csi.DeleteSnapshotResponse{}, nil
 }
 
-// volumeDir is the host path of a volume's directory inside a mounted share,
-// NOT_FOUND when it is missing. os.Root has checked that the path stays in
-// the share.
-func volumeDir(root *os.Root, subDir, id string) (string, error) {
-	fi, err := root.Stat(subDir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return "", status.Errorf(codes.NotFound, "volume %s: %s does not exist on the share", driver.Printable(id), subDir)
+// volumeDir opens a volume's directory on a mounted share, following no
+// symlink; NOT_FOUND when it is missing or not a directory.
+func volumeDir(root *os.Root, subDir, id string) (*os.Root, error) {
+	dir, err := openDir(root, subDir)
+	var pe *pathError
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, status.Errorf(codes.NotFound, "volume %s: %s does not exist on the share", driver.Printable(id), subDir)
+	case errors.As(err, &pe) && pe.what == notADirectory:
+		return nil, status.Errorf(codes.NotFound, "volume %s: %s on the share is not a directory", driver.Printable(id), subDir)
+	case err != nil:
+		return nil, shareError("open", subDir, err)
 	}
-	if err != nil {
-		return "", shareError("inspect", subDir, err)
-	}
-	if !fi.IsDir() {
-		return "", status.Errorf(codes.NotFound, "volume %s: %s on the share is not a directory", driver.Printable(id), subDir)
-	}
-	return filepath.Join(root.Name(), subDir), nil
+	return dir, nil
 }
 
-func readDir(root *os.Root, dir string) ([]string, error) {
-	f, err := root.Open(dir)
-	if err != nil {
-		return nil, shareError("open", dir, err)
+// copyError reports a failed copy or restore: a file changing under it is
+// ABORTED (a retry may succeed), the share's errors are as shareError says,
+// and anything else (an archive that is not one of ours) gets the code other.
+func copyError(op, p string, err error, other codes.Code) error {
+	var errno syscall.Errno
+	switch {
+	case errors.Is(err, treecopy.ErrChanged):
+		return status.Errorf(codes.Aborted, "%s %s: %v; try again", op, p, err)
+	case errors.As(err, &errno):
+		return shareError(op, p, err)
 	}
-	defer f.Close()
-	names, err := f.Readdirnames(-1)
-	if err != nil {
-		return nil, shareError("list", dir, err)
+	if _, ok := status.FromError(err); ok {
+		return err
 	}
-	return names, nil
+	return status.Errorf(other, "%s %s: %v", op, p, err)
 }
 
-// populate fills the new volume directory subDir (not yet existing) from a
-// snapshot or another volume: into a hidden sibling first, renamed into
-// place when complete, so a failure or a restart never leaves a half-filled
-// volume that a retry would take as done.
-func (d *Driver) populate(ctx context.Context, root *os.Root, subDir string, src *csi.VolumeContentSource) error {
-	tmp := path.Join(path.Dir(subDir), ".monocsi-new-"+path.Base(subDir))
-	if err := root.RemoveAll(tmp); err != nil {
-		return shareError("clear", tmp, err)
+// populate fills the new volume directory base of parent (subDir on the
+// share, not yet existing) from a snapshot or another volume: into a hidden
+// sibling first, renamed into place when complete, so a failure or a
+// restart never leaves a half-filled volume that a retry would take as done.
+func (d *Driver) populate(ctx context.Context, lk *driver.Lock, parent *os.Root, base, subDir string, src *csi.VolumeContentSource) error {
+	tmp := ".monocsi-new-" + base
+	shown := path.Join(path.Dir(subDir), tmp)
+	if err := parent.RemoveAll(tmp); err != nil {
+		return shareError("clear", shown, err)
 	}
-	if err := root.MkdirAll(tmp, 0o777); err != nil {
-		return shareError("create", tmp, err)
+	if err := parent.Mkdir(tmp, 0o777); err != nil {
+		return shareError("create", shown, err)
 	}
-	tmpPath := filepath.Join(root.Name(), tmp)
-	var err error
+	dst, err := openChild(parent, tmp, shown)
+	if err != nil {
+		parent.RemoveAll(tmp)
+		return shareError("open", shown, err)
+	}
 	switch {
 	case src.GetSnapshot() != nil:
 		var s snapshot
 		if s, err = parseSnapshot(src.GetSnapshot().GetSnapshotId()); err == nil {
-			err = d.withShare(ctx, s.server, s.share, nil, func(sr *os.Root) error {
-				if _, err := sr.Stat(s.archive()); err != nil {
-					return status.Errorf(codes.NotFound, "snapshot %s: its archive %s is not on the share: %v", s.name, s.archive(), err)
+			err = d.withShare(ctx, lk, s.server, s.share, nil, func(sr *os.Root) error {
+				dir, err := openDir(sr, s.name)
+				if err == nil {
+					defer dir.Close()
+					_, err = dir.Lstat(path.Base(s.archive()))
 				}
-				if err := treecopy.ExtractFile(filepath.Join(sr.Name(), s.archive()), tmpPath); err != nil {
-					return internal("restore snapshot %s: %v", s.name, err)
+				if errors.Is(err, fs.ErrNotExist) {
+					return status.Errorf(codes.NotFound, "snapshot %s: its archive %s is not on the share", s.name, s.archive())
+				} else if err != nil {
+					return shareError("open", s.archive(), err)
+				}
+				if err := treecopy.ExtractFileAt(dir, path.Base(s.archive()), dst); err != nil {
+					return copyError("restore snapshot "+s.name+" from", s.archive(), err, codes.FailedPrecondition)
 				}
 				return nil
 			})
@@ -236,13 +296,14 @@ func (d *Driver) populate(ctx context.Context, root *os.Root, subDir string, src
 	case src.GetVolume() != nil:
 		var v volume
 		if v, err = parseHandle(src.GetVolume().GetVolumeId()); err == nil {
-			err = d.withShare(ctx, v.server, v.share, nil, func(vr *os.Root) error {
+			err = d.withShare(ctx, lk, v.server, v.share, nil, func(vr *os.Root) error {
 				dir, err := volumeDir(vr, v.subDir, src.GetVolume().GetVolumeId())
 				if err != nil {
 					return err
 				}
-				if err := treecopy.Copy(dir, tmpPath); err != nil {
-					return internal("clone %s: %v", v.subDir, err)
+				defer dir.Close()
+				if err := treecopy.CopyRoot(dir, dst); err != nil {
+					return copyError("clone", v.subDir, err, codes.Internal)
 				}
 				return nil
 			})
@@ -250,13 +311,14 @@ func (d *Driver) populate(ctx context.Context, root *os.Root, subDir string, src
 	default:
 		err = status.Error(codes.InvalidArgument, "unknown volume content source")
 	}
+	dst.Close()
 	if err == nil {
-		if err = root.Rename(tmp, subDir); err != nil {
+		if err = parent.Rename(tmp, base); err != nil {
 			err = shareError("rename into place", subDir, err)
 		}
 	}
 	if err != nil {
-		root.RemoveAll(tmp)
+		parent.RemoveAll(tmp)
 	}
 	return err
 }
