@@ -95,6 +95,10 @@ func WriteRoot(w io.Writer, src *os.Root) error {
 	return tw.Close()
 }
 
+// ErrChanged is a file that changed type or identity while being copied:
+// the copy is not a consistent one, and may be tried again.
+var ErrChanged = errors.New("changed while being copied")
+
 // openSame opens the regular file name, which Lstat saw as fi, and returns
 // it with its fstat. The file must still be that file, or a regular file
 // that replaced it (an application's atomic rename): a symlink swapped in
@@ -107,7 +111,7 @@ func openSame(root *os.Root, name string, fi fs.FileInfo) (*os.File, fs.FileInfo
 	if !os.SameFile(fi, ofi) {
 		if now, err := root.Lstat(name); err != nil || !now.Mode().IsRegular() || !os.SameFile(now, ofi) {
 			f.Close()
-			return nil, nil, fmt.Errorf("%s was replaced while being read", name)
+			return nil, nil, fmt.Errorf("%s: %w (replaced)", name, ErrChanged)
 		}
 	}
 	return f, ofi, nil
@@ -136,7 +140,7 @@ func OpenRegular(root *os.Root, name string) (*os.File, fs.FileInfo, error) {
 		}
 		fi, err := f.Stat()
 		if err == nil && !fi.Mode().IsRegular() {
-			err = fmt.Errorf("%s is not a regular file (%s)", name, fi.Mode().Type())
+			err = fmt.Errorf("%s: %w (now %s, not a regular file)", name, ErrChanged, fi.Mode().Type())
 		}
 		if err != nil {
 			f.Close()
