@@ -129,7 +129,8 @@ func (d *Driver) existingVolumeDir(id string) (string, error) {
 		return "", status.Errorf(codes.NotFound, "volume %s has lost its directory %s", id, dir)
 	}
 	if !fi.IsDir() {
-		return "", status.Errorf(codes.Internal, "%s is not a directory", dir)
+		// Replaced behind the driver's back: never followed or used.
+		return "", status.Errorf(codes.FailedPrecondition, "volume %s: %s is no longer a directory (a symlink or file was put there); refusing to use it", id, dir)
 	}
 	return dir, nil
 }

@@ -127,7 +127,7 @@ func setupLocalTarget(t *testing.T) *targetDriver {
 		Name: "vol-a", VolumeCapabilities: []*csi.VolumeCapability{rwoMount}}); err != nil {
 		t.Fatal(err)
 	}
-	return &targetDriver{node: csi.NewNodeClient(conn), volumeID: "vol-a", capability: rwoMount, stats: true, mountDirs: []string{root}}
+	return &targetDriver{node: csi.NewNodeClient(conn), volumeID: "vol-a", capability: rwoMount, stats: true, mountDirs: []string{filepath.Dir(root)}}
 }
 
 func setupNFSTarget(t *testing.T) *targetDriver {
