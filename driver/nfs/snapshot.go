@@ -143,7 +143,7 @@ func (d *Driver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 			size, created = fi.Size(), timestamppb.New(fi.ModTime())
 			return nil
 		}
-		return d.withShare(ctx, lk, v.server, v.share, nil, func(src *os.Root) error {
+		err = d.withShare(ctx, lk, v.server, v.share, nil, func(src *os.Root) error {
 			vdir, err := volumeDir(src, v.subDir, req.GetSourceVolumeId())
 			if err != nil {
 				return err
@@ -155,6 +155,10 @@ func (d *Driver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 			created = timestamppb.Now()
 			return nil
 		})
+		if err != nil && len(entries) == 0 {
+			rmdir(dst, s.name) // no snapshot: no directory of one (it is removed only if empty)
+		}
+		return err
 	})
 	if err != nil {
 		return nil, err

@@ -95,9 +95,13 @@ func WriteRoot(w io.Writer, src *os.Root) error {
 	return tw.Close()
 }
 
-// ErrChanged is a file that changed type or identity while being copied:
-// the copy is not a consistent one, and may be tried again.
-var ErrChanged = errors.New("changed while being copied")
+var (
+	// ErrChanged is a file that changed type or identity while being
+	// copied: the copy is not a consistent one, and may be tried again.
+	ErrChanged = errors.New("changed while being copied")
+	// ErrNotRegular is a file to read that is not a regular file.
+	ErrNotRegular = errors.New("not a regular file")
+)
 
 // openSame opens the regular file name, which Lstat saw as fi, and returns
 // it with its fstat. The file must still be that file, or a regular file
@@ -105,7 +109,9 @@ var ErrChanged = errors.New("changed while being copied")
 // for it would otherwise have its target's content archived under its name.
 func openSame(root *os.Root, name string, fi fs.FileInfo) (*os.File, fs.FileInfo, error) {
 	f, ofi, err := OpenRegular(root, name)
-	if err != nil {
+	if errors.Is(err, ErrNotRegular) {
+		return nil, nil, fmt.Errorf("%s: %w (%w)", name, ErrChanged, err)
+	} else if err != nil {
 		return nil, nil, err
 	}
 	if !os.SameFile(fi, ofi) {
@@ -140,7 +146,7 @@ func OpenRegular(root *os.Root, name string) (*os.File, fs.FileInfo, error) {
 		}
 		fi, err := f.Stat()
 		if err == nil && !fi.Mode().IsRegular() {
-			err = fmt.Errorf("%s: %w (now %s, not a regular file)", name, ErrChanged, fi.Mode().Type())
+			err = fmt.Errorf("%s (%v): %w", name, fi.Mode().Type(), ErrNotRegular)
 		}
 		if err != nil {
 			f.Close()
