@@ -9,13 +9,19 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/kubernetes-csi/csi-lib-utils/protosanitizer"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding"
+	_ "google.golang.org/grpc/encoding/proto" // registers the codec requestCodec wraps
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"k8s.io/klog/v2"
 
 	"github.com/monocsi/monocsi/driver"
@@ -53,7 +59,7 @@ func Serve(ctx context.Context, path, name string, d driver.Driver, withControll
 	if err != nil {
 		return fmt.Errorf("driver %s: %w", name, err)
 	}
-	srv := grpc.NewServer(grpc.UnaryInterceptor(logCalls(name)))
+	srv := grpc.NewServer(grpc.ForceServerCodecV2(requestCodec{}), grpc.UnaryInterceptor(logCalls(name)))
 	csi.RegisterIdentityServer(srv, d)
 	csi.RegisterNodeServer(srv, d)
 	if withController {
@@ -91,6 +97,11 @@ func stopGracefully(srv *grpc.Server, limit time.Duration) {
 // secrets stripped, at higher verbosity.
 func logCalls(driverName string) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if bad, ok := undecodable.LoadAndDelete(req); ok {
+			err := status.Errorf(codes.InvalidArgument, "the request is not a valid %s message: %v", info.FullMethod, bad)
+			klog.ErrorS(nil, "CSI call refused", "driver", driverName, "method", info.FullMethod, "error", status.Convert(err).Message())
+			return nil, err
+		}
 		klog.V(5).InfoS("CSI request", "driver", driverName, "method", info.FullMethod, "request", protosanitizer.StripSecrets(req))
 		start := time.Now()
 		resp, err := handler(ctx, req)
@@ -105,6 +116,34 @@ func logCalls(driverName string) grpc.UnaryServerInterceptor {
 		return resp, nil
 	}
 }
+
+// requestCodec is gRPC's protobuf codec, except that a request which does
+// not decode (a string field that is not UTF-8, a malformed message: what a
+// client outside Go can send) is INVALID_ARGUMENT naming why, where gRPC
+// answers INTERNAL. gRPC turns any error of the codec into INTERNAL before
+// the interceptor runs, so the codec records the failure against the
+// (reset) request value and logCalls, which gets that same value, refuses
+// the call before any driver sees it.
+type requestCodec struct{}
+
+// undecodable maps a request value that failed to decode to the error.
+var undecodable sync.Map
+
+func (requestCodec) Marshal(v any) (mem.BufferSlice, error) { return protoCodec().Marshal(v) }
+
+func (requestCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	err := protoCodec().Unmarshal(data, v)
+	if m, ok := v.(proto.Message); ok && err != nil {
+		proto.Reset(m)
+		undecodable.Store(v, err)
+		return nil
+	}
+	return err
+}
+
+func (requestCodec) Name() string { return "proto" }
+
+func protoCodec() encoding.CodecV2 { return encoding.GetCodecV2("proto") }
 
 // verbosity keeps the calls that health checks and the kubelet repeat all day
 // out of the default log.
