@@ -1,6 +1,7 @@
 package sanity
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"path/filepath"
@@ -12,11 +13,14 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/proto"
 )
 
 // targetDriver is one driver under the cross-driver target tests: a volume
 // ready to be published, and how.
 type targetDriver struct {
+	conn       *grpc.ClientConn
 	node       csi.NodeClient
 	volumeID   string
 	context    map[string]string
@@ -56,6 +60,38 @@ func (d *targetDriver) unstage(staging string) error {
 	_, err := d.node.NodeUnstageVolume(context.Background(), &csi.NodeUnstageVolumeRequest{VolumeId: d.volumeID, StagingTargetPath: staging})
 	return err
 }
+
+// publishRaw publishes at target with the bytes "\xff\xfe" in place of
+// the target's "@@": a string field that is not UTF-8, which no Go client
+// can send (the marshaller refuses it), but a client in another language can.
+func (d *targetDriver) publishRaw(target string) error {
+	req, err := proto.Marshal(&csi.NodePublishVolumeRequest{VolumeId: d.volumeID, TargetPath: target, StagingTargetPath: d.staging,
+		VolumeCapability: d.capability, VolumeContext: d.context, PublishContext: d.publishContext})
+	if err != nil {
+		return err
+	}
+	req = bytes.Replace(req, []byte("@@"), []byte("\xff\xfe"), 1)
+	return d.invokeRaw(csi.Node_NodePublishVolume_FullMethodName, req)
+}
+
+func (d *targetDriver) invokeRaw(method string, req []byte) error {
+	var resp []byte
+	return d.conn.Invoke(context.Background(), method, &req, &resp, grpc.ForceCodecV2(rawCodec{}))
+}
+
+// rawCodec sends bytes as they are.
+type rawCodec struct{}
+
+func (rawCodec) Marshal(v any) (mem.BufferSlice, error) {
+	return mem.BufferSlice{mem.SliceBuffer(*v.(*[]byte))}, nil
+}
+
+func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	*v.(*[]byte) = data.Materialize()
+	return nil
+}
+
+func (rawCodec) Name() string { return "proto" }
 
 func (d *targetDriver) statsAt(p string) error {
 	_, err := d.node.NodeGetVolumeStats(context.Background(), &csi.NodeGetVolumeStatsRequest{VolumeId: d.volumeID, VolumePath: p})
@@ -127,7 +163,7 @@ func setupLocalTarget(t *testing.T) *targetDriver {
 		Name: "vol-a", VolumeCapabilities: []*csi.VolumeCapability{rwoMount}}); err != nil {
 		t.Fatal(err)
 	}
-	return &targetDriver{node: csi.NewNodeClient(conn), volumeID: "vol-a", capability: rwoMount, stats: true, mountDirs: []string{filepath.Dir(root)}}
+	return &targetDriver{conn: conn, node: csi.NewNodeClient(conn), volumeID: "vol-a", capability: rwoMount, stats: true, mountDirs: []string{filepath.Dir(root)}}
 }
 
 func setupNFSTarget(t *testing.T) *targetDriver {
@@ -138,13 +174,14 @@ func setupNFSTarget(t *testing.T) *targetDriver {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &targetDriver{node: csi.NewNodeClient(srv.conn), volumeID: resp.GetVolume().GetVolumeId(), context: resp.GetVolume().GetVolumeContext(),
+	return &targetDriver{conn: srv.conn, node: csi.NewNodeClient(srv.conn), volumeID: resp.GetVolume().GetVolumeId(), context: resp.GetVolume().GetVolumeContext(),
 		capability: fsCap, stats: true, mountDirs: []string{srv.work}}
 }
 
 func setupFlexBindmountTarget(t *testing.T) *targetDriver {
 	sock, dir := serveFlex(t, "bindmount")
-	return &targetDriver{node: csi.NewNodeClient(dial(t, sock)), volumeID: "vol-a", capability: rwoMount,
+	conn := dial(t, sock)
+	return &targetDriver{conn: conn, node: csi.NewNodeClient(conn), volumeID: "vol-a", capability: rwoMount,
 		context: map[string]string{"source": filepath.Join(dir, "src")}, mountDirs: []string{dir}}
 }
 
@@ -156,7 +193,7 @@ func setupFlexLoopdevTarget(t *testing.T) *targetDriver {
 	ctl := csi.NewControllerClient(conn)
 	ext4 := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: "ext4"}},
 		AccessMode: rwoMount.AccessMode}
-	d := &targetDriver{node: csi.NewNodeClient(conn), volumeID: "vol-a", capability: ext4,
+	d := &targetDriver{conn: conn, node: csi.NewNodeClient(conn), volumeID: "vol-a", capability: ext4,
 		context: map[string]string{"dir": filepath.Join(dir, "backing"), "size": "16Mi"}, mountDirs: []string{dir}}
 	resp, err := ctl.ControllerPublishVolume(context.Background(), &csi.ControllerPublishVolumeRequest{
 		VolumeId: d.volumeID, NodeId: "sanity-node", VolumeCapability: ext4, VolumeContext: d.context})
@@ -278,6 +315,20 @@ func targetCases(d *targetDriver, c *canary, pods string) []hostileCase {
 		}},
 		{name: "publish at a target with a NUL", run: func(t *testing.T) error {
 			return d.publish(filepath.Join(in(t), "tar\x00get"))
+		}},
+		{name: "publish at a target that is not UTF-8", run: func(t *testing.T) error {
+			return d.publishRaw(filepath.Join(in(t), "target@@"))
+		}, after: func(t *testing.T) {
+			if es, _ := os.ReadDir(dir); len(es) != 0 {
+				t.Errorf("a refused publish created %v", es)
+			}
+		}},
+		{name: "unpublish with a malformed request", run: func(t *testing.T) error {
+			req, err := proto.Marshal(&csi.NodeUnpublishVolumeRequest{VolumeId: d.volumeID, TargetPath: c.path("void")})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return d.invokeRaw(csi.Node_NodeUnpublishVolume_FullMethodName, req[:len(req)-3])
 		}},
 		{name: "unpublish under a symlinked parent of a real mount", run: func(t *testing.T) error {
 			target, link := publishedAt(t, d, in(t))
