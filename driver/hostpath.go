@@ -41,14 +41,38 @@ func Reserve(why, dir string) (Reserved, error) {
 	if err != nil {
 		return Reserved{}, err
 	}
-	var st unix.Stat_t
-	if err := unix.Stat(real, &st); err != nil {
+	fd, err := unix.Open(real, unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return Reserved{}, &os.PathError{Op: "open", Path: real, Err: err}
+	}
+	defer unix.Close(fd)
+	st, err := statFD(fd)
+	if err != nil {
 		return Reserved{}, &os.PathError{Op: "stat", Path: real, Err: err}
 	}
-	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+	if st.mode&unix.S_IFMT != unix.S_IFDIR {
 		return Reserved{}, fmt.Errorf("%s is not a directory", real)
 	}
-	return Reserved{why: why, path: real, dev: st.Dev, ino: st.Ino}, nil
+	return Reserved{why: why, path: real, dev: st.dev, ino: st.ino}, nil
+}
+
+// fdStat is what the checks need of a file: its type and identity.
+type fdStat struct {
+	mode     uint32
+	dev, ino uint64
+}
+
+// statFD stats an open file with statx(AT_STATX_DONT_SYNC): the type and
+// identity of an inode never change, so what the kernel has cached is
+// right, and a mount of a dead NFS server (a target being unpublished) is
+// not asked, which would hang.
+func statFD(fd int) (fdStat, error) {
+	var stx unix.Statx_t
+	err := unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_STATX_DONT_SYNC, unix.STATX_TYPE|unix.STATX_INO, &stx)
+	if err != nil {
+		return fdStat{}, err
+	}
+	return fdStat{mode: uint32(stx.Mode), dev: unix.Mkdev(stx.Dev_major, stx.Dev_minor), ino: stx.Ino}, nil
 }
 
 // Path is the reserved directory, symlinks resolved.
@@ -231,21 +255,21 @@ func walkHostPath(what, p string, reserved []Reserved, mkdir int64) (*hostWalk, 
 			return fail(hostPathErr(what, p, cur, "open", err))
 		}
 		w.leaf = nfd
-		var st unix.Stat_t
-		if err := unix.Fstat(nfd, &st); err != nil {
+		st, err := statFD(nfd)
+		if err != nil {
 			return fail(status.Errorf(codes.Internal, "stat %s: %v", cur, err))
 		}
 		switch {
-		case st.Mode&unix.S_IFMT == unix.S_IFLNK:
+		case st.mode&unix.S_IFMT == unix.S_IFLNK:
 			return fail(status.Errorf(codes.InvalidArgument, "%s %s: %s is a symlink; refusing to follow it", what, p, cur))
-		case st.Mode&unix.S_IFMT != unix.S_IFDIR && last:
+		case st.mode&unix.S_IFMT != unix.S_IFDIR && last:
 			return fail(status.Errorf(codes.InvalidArgument,
-				"%s %s exists and is %s, not a directory: a volume is mounted on a directory", what, p, fileKind(st.Mode)))
-		case st.Mode&unix.S_IFMT != unix.S_IFDIR:
-			return fail(status.Errorf(codes.InvalidArgument, "%s %s: %s is %s, not a directory", what, p, cur, fileKind(st.Mode)))
+				"%s %s exists and is %s, not a directory: a volume is mounted on a directory", what, p, fileKind(st.mode)))
+		case st.mode&unix.S_IFMT != unix.S_IFDIR:
+			return fail(status.Errorf(codes.InvalidArgument, "%s %s: %s is %s, not a directory", what, p, cur, fileKind(st.mode)))
 		}
 		for _, r := range reserved {
-			if st.Dev == r.dev && st.Ino == r.ino {
+			if st.dev == r.dev && st.ino == r.ino {
 				return fail(status.Errorf(codes.InvalidArgument,
 					"%s %s is inside %s, %s: refusing to mount or remove anything there", what, p, r.path, r.why))
 			}
