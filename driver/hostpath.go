@@ -86,7 +86,7 @@ func (r Reserved) Path() string { return r.path }
 // above any of the reserved directories. A path that does not exist yet is
 // fine. Every refusal is INVALID_ARGUMENT naming the cause.
 func CheckHostPath(what, p string, reserved ...Reserved) error {
-	w, err := walkHostPath(what, p, reserved, -1)
+	w, err := walkHostPath(what, p, reserved, nil)
 	if err != nil {
 		return err
 	}
@@ -101,11 +101,7 @@ func CheckHostPath(what, p string, reserved ...Reserved) error {
 // whether p itself was made (false: it was already a directory). A missing
 // parent is FAILED_PRECONDITION (the CO creates it).
 func MkdirHostPath(what, p string, perm os.FileMode, parents bool, reserved ...Reserved) (created bool, err error) {
-	mk := uint32(perm.Perm())
-	if !parents {
-		mk |= mkLastOnly
-	}
-	w, err := walkHostPath(what, p, reserved, int64(mk))
+	w, err := walkHostPath(what, p, reserved, &mkdirs{perm: uint32(perm.Perm()), parents: parents})
 	if err != nil {
 		return false, err
 	}
@@ -113,9 +109,12 @@ func MkdirHostPath(what, p string, perm os.FileMode, parents bool, reserved ...R
 	return w.created, nil
 }
 
-// mkLastOnly, in walkHostPath's mkdir argument, creates only the last
-// component.
-const mkLastOnly = 1 << 20
+// mkdirs is what walkHostPath creates: the last component with perm, and
+// the missing ones before it when parents is set.
+type mkdirs struct {
+	perm    uint32
+	parents bool
+}
 
 // RemoveHostDir removes the empty directory p (a target that is no longer
 // a mount point), relative to an open descriptor of its verified parent. A
@@ -123,7 +122,7 @@ const mkLastOnly = 1 << 20
 // point, is FAILED_PRECONDITION: its contents are not the driver's to
 // delete.
 func RemoveHostDir(what, p string) error {
-	w, err := walkHostPath(what, p, nil, -1)
+	w, err := walkHostPath(what, p, nil, nil)
 	if err != nil {
 		return err
 	}
@@ -148,7 +147,7 @@ func RemoveHostDir(what, p string) error {
 // following a symlink; NOT_FOUND when it does not exist.
 func StatfsHostPath(what, p string) (unix.Statfs_t, error) {
 	var st unix.Statfs_t
-	w, err := walkHostPath(what, p, nil, -1)
+	w, err := walkHostPath(what, p, nil, nil)
 	if err != nil {
 		return st, err
 	}
@@ -197,12 +196,11 @@ func checkHostPathSyntax(what, p string) error {
 }
 
 // walkHostPath opens p from "/" one component at a time (see CheckHostPath
-// for what it refuses). mkdir < 0 creates nothing; otherwise its low bits
-// are the permissions of directories it creates: every missing component,
-// or only the last with mkLastOnly. Without mkdir, the walk stops at the
-// first missing component and reports the path as missing (leaf -1, and
-// parent -1 when the parent is missing too).
-func walkHostPath(what, p string, reserved []Reserved, mkdir int64) (*hostWalk, error) {
+// for what it refuses), creating the directories mk names (nil: none).
+// Without them, the walk stops at the first missing component and reports
+// the path as missing (leaf -1, and parent -1 when the parent is missing
+// too).
+func walkHostPath(what, p string, reserved []Reserved, mk *mkdirs) (*hostWalk, error) {
 	if err := checkHostPathSyntax(what, p); err != nil {
 		return nil, err
 	}
@@ -227,8 +225,8 @@ func walkHostPath(what, p string, reserved []Reserved, mkdir int64) (*hostWalk, 
 		}
 		w.parent, w.leaf, w.base = w.leaf, -1, c
 		nfd, err := unix.Openat(w.parent, c, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-		if errors.Is(err, unix.ENOENT) && mkdir >= 0 && (last || mkdir&mkLastOnly == 0) {
-			err = unix.Mkdirat(w.parent, c, uint32(mkdir&0o7777))
+		if errors.Is(err, unix.ENOENT) && mk != nil && (last || mk.parents) {
+			err = unix.Mkdirat(w.parent, c, mk.perm)
 			switch {
 			case err == nil:
 				w.created = last
@@ -243,7 +241,7 @@ func walkHostPath(what, p string, reserved []Reserved, mkdir int64) (*hostWalk, 
 			if last {
 				return w, nil // p does not exist; its parent does
 			}
-			if mkdir >= 0 {
+			if mk != nil {
 				return fail(status.Errorf(codes.FailedPrecondition,
 					"%s %s: its parent directory %s does not exist", what, p, filepath.Dir(p)))
 			}
