@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -122,5 +123,31 @@ func TestTargetsAtTheExecutablesAreRefused(t *testing.T) {
 	}
 	if es, _ := os.ReadDir(flexDir); len(es) != 1 {
 		t.Errorf("the FlexVolume directory changed: %v", es)
+	}
+}
+
+// Arguments execve refuses although checkArgs let them through (a small
+// stack limit makes the kernel's limit on all arguments 128 KiB) are still
+// OUT_OF_RANGE, not INTERNAL.
+func TestE2BIGIsOutOfRange(t *testing.T) {
+	marker := filepath.Join(t.TempDir(), "ran")
+	d, err := New(context.Background(), Config{Name: "drv.test.flex.monocsi.io", Exe: script(t, "touch "+marker+"; echo '{\"status\":\"Success\",\"device\":\"/dev/x\"}'"), NodeID: "n1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var old unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_STACK, &old); err != nil {
+		t.Fatal(err)
+	}
+	small := unix.Rlimit{Cur: 256 << 10, Max: old.Max}
+	if err := unix.Setrlimit(unix.RLIMIT_STACK, &small); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Setrlimit(unix.RLIMIT_STACK, &old)
+	attrs := map[string]string{"blob": strings.Repeat("x", maxArg-200)}
+	_, err = d.ControllerPublishVolume(context.Background(), &csi.ControllerPublishVolumeRequest{VolumeId: "v", NodeId: "n1", VolumeCapability: mountCap, VolumeContext: attrs})
+	wantStatus(t, err, codes.OutOfRange, "too long to run the executable")
+	if _, err := os.Stat(marker); err == nil {
+		t.Error("the executable ran")
 	}
 }
