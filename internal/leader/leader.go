@@ -202,7 +202,7 @@ func (e *Elector) Run(ctx context.Context, work Work) error {
 	select {
 	case err := <-result:
 		if err == nil {
-			klog.InfoS("Released the Lease after every worker returned", "lease", e.c.Namespace+"/"+e.c.Name)
+			klog.InfoS("Released the Lease after every worker returned", "lease", e.c.Namespace+"/"+e.c.Name, "identity", e.id)
 			return nil
 		}
 		klog.ErrorS(err, "Stepped down: released the Lease for another replica", "lease", e.c.Namespace+"/"+e.c.Name)
@@ -261,7 +261,7 @@ func (e *Elector) act(ctx context.Context, work Work) error {
 			if !acting && actx.Err() == nil {
 				acting = true
 				e.set(true, true, nil)
-				klog.InfoS("Acting", "attempt", attempt)
+				klog.InfoS("Acting", "attempt", attempt, "identity", e.id)
 			}
 		})
 		timer.Stop()
@@ -272,7 +272,7 @@ func (e *Elector) act(ctx context.Context, work Work) error {
 		mu.Unlock()
 		if wasActing {
 			e.set(true, false, nil)
-			klog.InfoS("Stopped acting: every worker returned", "err", err)
+			klog.InfoS("Stopped acting: every worker returned", "identity", e.id, "err", err)
 			if ctx.Err() != nil {
 				return nil
 			}
