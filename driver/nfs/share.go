@@ -254,6 +254,8 @@ func shareError(op, p string, err error) error {
 		return status.Errorf(codes.InvalidArgument, "%s %s: %s is %s; the driver does not follow or remove what it did not make", op, p, pe.name, pe.what)
 	case strings.Contains(err.Error(), "escapes"), errors.Is(err, syscall.ELOOP):
 		return status.Errorf(codes.InvalidArgument, "%s %s: it leads out of the share through a symlink", op, p)
+	case errors.Is(err, syscall.ESTALE):
+		return status.Errorf(codes.Aborted, "%s %s on the share: %v (changed on the server meanwhile); try again", op, p, err)
 	case errors.Is(err, syscall.ENOTDIR), errors.Is(err, syscall.ENAMETOOLONG), errors.Is(err, syscall.EINVAL):
 		return status.Errorf(codes.InvalidArgument, "%s %s on the share: %v", op, p, err)
 	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):

@@ -18,6 +18,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -40,59 +41,90 @@ func Write(w io.Writer, dir string) error {
 // file types (sockets, devices, fifos) are skipped: they carry no data.
 func WriteRoot(w io.Writer, src *os.Root) error {
 	tw := tar.NewWriter(w)
-	err := fs.WalkDir(src.FS(), ".", func(name string, d fs.DirEntry, err error) error {
-		if err != nil {
+	if err := writeDir(tw, src, ""); err != nil {
+		return fmt.Errorf("archive %s: %w", src.Name(), err)
+	}
+	return tw.Close()
+}
+
+// writeDir writes the entries of dir, in name order, as prefix/<name>. Each
+// is looked at relative to dir's own descriptor, and a subdirectory is
+// entered only through a descriptor checked to be the directory Lstat saw:
+// a directory swapped for a symlink meanwhile (even one staying inside the
+// tree) is never followed.
+func writeDir(tw *tar.Writer, dir *os.Root, prefix string) error {
+	f, err := dir.Open(".")
+	if err != nil {
+		return vanished(prefix, err)
+	}
+	names, err := f.Readdirnames(-1)
+	f.Close()
+	if err != nil {
+		return vanished(prefix, err)
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		if err := writeEntry(tw, dir, n, path.Join(prefix, n)); err != nil {
 			return err
 		}
-		if name == "." {
-			return nil
+	}
+	return nil
+}
+
+// writeEntry writes the entry n of dir as name.
+func writeEntry(tw *tar.Writer, dir *os.Root, n, name string) error {
+	fi, err := dir.Lstat(n)
+	if err != nil {
+		return vanished(name, err)
+	}
+	link := ""
+	var f *os.File
+	switch {
+	case fi.Mode()&fs.ModeSymlink != 0:
+		if link, err = dir.Readlink(n); err != nil {
+			return vanished(name, err)
 		}
-		fi, err := src.Lstat(name)
-		if err != nil {
-			return err
+	case fi.Mode().IsRegular():
+		if f, fi, err = openSame(dir, n, fi); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
 		}
-		link := ""
-		var f *os.File
-		switch {
-		case fi.Mode()&fs.ModeSymlink != 0:
-			if link, err = src.Readlink(name); err != nil {
-				return err
-			}
-		case fi.Mode().IsRegular():
-			if f, fi, err = openSame(src, name, fi); err != nil {
-				return err
-			}
-			defer f.Close()
-		case fi.IsDir():
-		default:
-			return nil
-		}
-		hdr, err := tar.FileInfoHeader(fi, link)
-		if err != nil {
-			return err
-		}
-		hdr.Name = name
-		if fi.IsDir() {
-			hdr.Name += "/"
-		}
-		hdr.Uname, hdr.Gname = "", ""
-		if err := tw.WriteHeader(hdr); err != nil {
-			return err
-		}
-		if f == nil {
-			return nil
-		}
+		defer f.Close()
+	case fi.IsDir():
+	default:
+		return nil
+	}
+	hdr, err := tar.FileInfoHeader(fi, link)
+	if err != nil {
+		return err
+	}
+	hdr.Name = name
+	if fi.IsDir() {
+		hdr.Name += "/"
+	}
+	hdr.Uname, hdr.Gname = "", ""
+	if err := tw.WriteHeader(hdr); err != nil {
+		return err
+	}
+	if f != nil {
 		// The file may have changed size since its stat: copy exactly hdr.Size.
 		n, err := io.Copy(tw, io.LimitReader(f, hdr.Size))
 		if err == nil && n < hdr.Size {
 			_, err = io.CopyN(tw, zeros{}, hdr.Size-n)
 		}
 		return err
-	})
-	if err != nil {
-		return fmt.Errorf("archive %s: %w", src.Name(), err)
 	}
-	return tw.Close()
+	if !fi.IsDir() {
+		return nil
+	}
+	sub, err := dir.OpenRoot(n)
+	if err != nil {
+		return fmt.Errorf("%s: %w (%v)", name, ErrChanged, err)
+	}
+	defer sub.Close()
+	if now, err := sub.Stat("."); err != nil || !os.SameFile(fi, now) {
+		return fmt.Errorf("%s: %w (replaced)", name, ErrChanged)
+	}
+	return writeDir(tw, sub, name)
 }
 
 var (
@@ -103,21 +135,29 @@ var (
 	ErrNotRegular = errors.New("not a regular file")
 )
 
+// vanished makes an entry that was listed but is gone ErrChanged.
+func vanished(name string, err error) error {
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%s: %w (gone)", name, ErrChanged)
+	}
+	return fmt.Errorf("%s: %w", name, err)
+}
+
 // openSame opens the regular file name, which Lstat saw as fi, and returns
 // it with its fstat. The file must still be that file, or a regular file
 // that replaced it (an application's atomic rename): a symlink swapped in
 // for it would otherwise have its target's content archived under its name.
 func openSame(root *os.Root, name string, fi fs.FileInfo) (*os.File, fs.FileInfo, error) {
 	f, ofi, err := OpenRegular(root, name)
-	if errors.Is(err, ErrNotRegular) {
-		return nil, nil, fmt.Errorf("%s: %w (%w)", name, ErrChanged, err)
+	if errors.Is(err, ErrNotRegular) || errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, fmt.Errorf("%w (%w)", ErrChanged, err)
 	} else if err != nil {
 		return nil, nil, err
 	}
 	if !os.SameFile(fi, ofi) {
 		if now, err := root.Lstat(name); err != nil || !now.Mode().IsRegular() || !os.SameFile(now, ofi) {
 			f.Close()
-			return nil, nil, fmt.Errorf("%s: %w (replaced)", name, ErrChanged)
+			return nil, nil, fmt.Errorf("%w (replaced)", ErrChanged)
 		}
 	}
 	return f, ofi, nil
