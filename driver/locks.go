@@ -56,7 +56,9 @@ type Lock struct {
 }
 
 // Hold adds a holder and returns the function that ends it (idempotent).
-// On a nil Lock (an operation that takes no lock) it does nothing.
+// It must be called while the lock is held (before Release, or by a holder
+// that has not ended). On a nil Lock (an operation that takes no lock) it
+// does nothing.
 func (k *Lock) Hold() (release func()) {
 	if k == nil {
 		return func() {}
