@@ -206,6 +206,13 @@ type DeleteWithPV interface {
 	DeleteVolumeForPV(ctx context.Context, req *csi.DeleteVolumeRequest, pv PVInfo) (*csi.DeleteVolumeResponse, error)
 }
 
+// Drainer is a driver whose calls can leave work running after they return
+// (nfs: a removal or copy that outlives a cancelled call). Drain returns once
+// that work has ended, or ctx's error.
+type Drainer interface {
+	Drain(ctx context.Context) error
+}
+
 // ControllerCapabilities is the ControllerGetCapabilities answer for rpcs.
 func ControllerCapabilities(rpcs ...csi.ControllerServiceCapability_RPC_Type) *csi.ControllerGetCapabilitiesResponse {
 	resp := &csi.ControllerGetCapabilitiesResponse{}

@@ -1,6 +1,8 @@
 package driver
 
 import (
+	"context"
+	"fmt"
 	"sync"
 
 	"google.golang.org/grpc/codes"
@@ -13,6 +15,7 @@ import (
 type Locks struct {
 	mu   sync.Mutex
 	held map[string]int // id → holders: the call that took it and its work
+	idle chan struct{}  // closed while nothing is held; nil: not yet made
 }
 
 // TryLock takes the lock for id, or returns an ABORTED status if it is held.
@@ -78,7 +81,33 @@ func (k *Lock) releaser() func() {
 			defer k.l.mu.Unlock()
 			if k.l.held[k.id]--; k.l.held[k.id] <= 0 {
 				delete(k.l.held, k.id)
+				if len(k.l.held) == 0 && k.l.idle != nil {
+					close(k.l.idle)
+					k.l.idle = nil
+				}
 			}
 		})
+	}
+}
+
+// Wait returns once no volume is locked: every call has returned and the work
+// abandoned calls left running has ended. A controller giving up its Lease
+// waits for this, so the next leader's calls never run beside that work.
+func (l *Locks) Wait(ctx context.Context) error {
+	l.mu.Lock()
+	if len(l.held) == 0 {
+		l.mu.Unlock()
+		return nil
+	}
+	if l.idle == nil {
+		l.idle = make(chan struct{})
+	}
+	idle := l.idle
+	l.mu.Unlock()
+	select {
+	case <-idle:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("operations on volumes still running: %w", ctx.Err())
 	}
 }

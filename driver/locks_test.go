@@ -1,7 +1,9 @@
 package driver
 
 import (
+	"context"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -34,4 +36,33 @@ func TestLockHeldByAbandonedWork(t *testing.T) {
 	unlock()
 	var none *Lock
 	none.Hold()() // no lock, no-op
+}
+
+func TestWaitForAbandonedWork(t *testing.T) {
+	var l Locks
+	if err := l.Wait(context.Background()); err != nil {
+		t.Fatalf("Wait with nothing held: %v", err)
+	}
+	k, err := l.Acquire("v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	work := k.Hold()
+	k.Release() // the call returned; its work goes on
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := l.Wait(ctx); err == nil {
+		t.Fatal("Wait returned while abandoned work held the lock")
+	}
+	done := make(chan error)
+	go func() { done <- l.Wait(context.Background()) }()
+	work()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Wait did not return once the work ended")
+	}
 }

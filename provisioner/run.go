@@ -3,6 +3,7 @@ package provisioner
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"sigs.k8s.io/sig-storage-lib-external-provisioner/v10/controller"
 	"sigs.k8s.io/sig-storage-lib-external-provisioner/v10/controller/metrics"
 
+	"github.com/monocsi/monocsi/driver"
 	"github.com/monocsi/monocsi/internal/drain"
 )
 
@@ -81,7 +83,30 @@ func Run(ctx context.Context, client kubernetes.Interface, provs []*Provisioner,
 	// The library's workers outlive ctx until their current claim is done;
 	// every driver call goes through the gate, so closing it is the wait.
 	gate.Close()
+	err := drainDrivers(provs)
 	running.Wait()
 	factory.Shutdown()
+	return err
+}
+
+// DrainTimeout bounds the wait for work that cancelled driver calls left
+// running (driver.Drainer). Past it the process must exit without releasing
+// its Lease: the work dies with it, and the Lease expires.
+const DrainTimeout = 2 * time.Minute
+
+func drainDrivers(provs []*Provisioner) error {
+	ctx, cancel := context.WithTimeout(context.Background(), DrainTimeout)
+	defer cancel()
+	var errs []error
+	for _, p := range provs {
+		if d, ok := p.opts.Driver.(driver.Drainer); ok {
+			if err := d.Drain(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", p.name, err))
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w: %w", drain.ErrStuck, errors.Join(errs...))
+	}
 	return nil
 }

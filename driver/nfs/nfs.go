@@ -184,3 +184,6 @@ func workingOptions(opts []string) []string {
 	}
 	return append(slices.Clone(opts), "soft", "timeo=50", "retrans=2")
 }
+
+// Drain waits for work abandoned calls left running on shares (driver.Drainer).
+func (d *Driver) Drain(ctx context.Context) error { return d.locks.Wait(ctx) }

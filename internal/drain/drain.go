@@ -8,8 +8,14 @@ import (
 	"sync"
 )
 
-// ErrClosed is returned by Enter once the gate is closed.
-var ErrClosed = errors.New("shutting down: no new operations are started")
+var (
+	// ErrClosed is returned by Enter once the gate is closed.
+	ErrClosed = errors.New("shutting down: no new operations are started")
+	// ErrStuck says work outlived the wait for it: the process must exit
+	// without releasing its Lease, so that the work dies before anyone
+	// else can act.
+	ErrStuck = errors.New("work still running after shutdown")
+)
 
 // Gate counts the operations in progress. The zero value is open.
 type Gate struct {

@@ -20,6 +20,8 @@ import (
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/klog/v2"
+
+	"github.com/monocsi/monocsi/internal/drain"
 )
 
 // Config is the sidecars' leader-election flags, and how long a leader may
@@ -133,7 +135,8 @@ func (e *Elector) Run(ctx context.Context, work Work) error {
 		return err
 	}
 	// The election outlives ctx while the work runs: the Lease is renewed
-	// until every worker has returned, then released (ReleaseOnCancel).
+	// until every worker has returned, then released (by release, not by
+	// client-go's ReleaseOnCancel, so that stuck work can keep it).
 	electCtx, stopElecting := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopElecting()
 	var (
@@ -156,7 +159,7 @@ func (e *Elector) Run(ctx context.Context, work Work) error {
 	defer stopStandby()
 	le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
 		Lock: lock, LeaseDuration: e.c.LeaseDuration, RenewDeadline: e.c.RenewDeadline, RetryPeriod: e.c.RetryPeriod,
-		ReleaseOnCancel: true, Name: e.c.Name,
+		Name: e.c.Name,
 		Callbacks: leaderelection.LeaderCallbacks{
 			OnStartedLeading: func(leading context.Context) {
 				mu.Lock()
@@ -201,6 +204,15 @@ func (e *Elector) Run(ctx context.Context, work Work) error {
 	}
 	select {
 	case err := <-result:
+		if errors.Is(err, drain.ErrStuck) {
+			// Work that outlived the wait still runs in this process: the
+			// Lease is left to expire after the process (and the work) died.
+			klog.ErrorS(err, "Exiting without releasing the Lease", "lease", e.c.Namespace+"/"+e.c.Name)
+			return err
+		}
+		if rerr := e.release(); rerr != nil {
+			klog.ErrorS(rerr, "Releasing the Lease; it expires by itself", "lease", e.c.Namespace+"/"+e.c.Name)
+		}
 		if err == nil {
 			klog.InfoS("Released the Lease after every worker returned", "lease", e.c.Namespace+"/"+e.c.Name, "identity", e.id)
 			return nil
@@ -211,6 +223,26 @@ func (e *Elector) Run(ctx context.Context, work Work) error {
 	default:
 		return nil // stood by until ctx ended
 	}
+}
+
+// release gives the Lease up if this process still holds it, as client-go's
+// ReleaseOnCancel does: no holder, and a duration of one second.
+func (e *Elector) release() error {
+	ctx, cancel := context.WithTimeout(context.Background(), e.c.RenewDeadline)
+	defer cancel()
+	leases := e.client.CoordinationV1().Leases(e.c.Namespace)
+	l, err := leases.Get(ctx, e.c.Name, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	if l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity != e.id {
+		return nil // taken over already
+	}
+	now := metav1.NowMicro()
+	empty, one := "", int32(1)
+	l.Spec.HolderIdentity, l.Spec.LeaseDurationSeconds, l.Spec.AcquireTime, l.Spec.RenewTime = &empty, &one, &now, &now
+	_, err = leases.Update(ctx, l, metav1.UpdateOptions{})
+	return err
 }
 
 // awaitSuccessor gives a standby up to a Lease duration to take the released
@@ -273,7 +305,7 @@ func (e *Elector) act(ctx context.Context, work Work) error {
 		if wasActing {
 			e.set(true, false, nil)
 			klog.InfoS("Stopped acting: every worker returned", "identity", e.id, "err", err)
-			if ctx.Err() != nil {
+			if ctx.Err() != nil && !errors.Is(err, drain.ErrStuck) {
 				return nil
 			}
 			if err == nil {

@@ -9,6 +9,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/monocsi/monocsi/internal/drain"
 )
 
 // These unit tests drive client-go's elector against a fake clientset; the
@@ -198,5 +200,36 @@ func TestStandbyStops(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("standby did not stop")
+	}
+}
+
+// Work that outlived the wait for it keeps the Lease: it must expire only
+// after the process, and the work with it, is gone.
+func TestStuckWorkKeepsTheLease(t *testing.T) {
+	client := fake.NewClientset()
+	e := New(client, testConfig())
+	ctx, cancel := context.WithCancel(context.Background())
+	acted := make(chan struct{})
+	errc := make(chan error, 1)
+	go func() {
+		errc <- e.Run(ctx, func(ctx context.Context, acting func()) error {
+			acting()
+			close(acted)
+			<-ctx.Done()
+			return drain.ErrStuck
+		})
+	}()
+	<-acted
+	cancel()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, drain.ErrStuck) {
+			t.Fatalf("Run: %v, want ErrStuck", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return")
+	}
+	if h := holder(t, client); h != e.id {
+		t.Errorf("the Lease is held by %q; stuck work must keep it (%q)", h, e.id)
 	}
 }

@@ -448,3 +448,17 @@ func (c *Cluster) LogTails(n int) string {
 	}
 	return b.String()
 }
+
+// PauseAPIServer freezes the API server process (SIGSTOP: requests hang, as
+// behind a dead link) for d, then resumes it.
+func (c *Cluster) PauseAPIServer(d time.Duration) error {
+	_, p := c.find("kube-apiserver")
+	if p == nil || !running(p.PID, p.Bin) {
+		return fmt.Errorf("no kube-apiserver process")
+	}
+	if err := unix.Kill(p.PID, unix.SIGSTOP); err != nil {
+		return err
+	}
+	time.Sleep(d)
+	return unix.Kill(p.PID, unix.SIGCONT)
+}

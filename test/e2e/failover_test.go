@@ -528,3 +528,125 @@ func grepLines(s, sub string) string {
 	}
 	return strings.Join(out, "; ")
 }
+
+// claimsBound waits until every claim whose name starts with prefix (n of
+// them) is bound.
+func claimsBound(t *testing.T, prefix string, n int, limit time.Duration) {
+	t.Helper()
+	eventually(t, limit, fmt.Sprintf("%d %s* claims bound", n, prefix), func() error {
+		pvcs, err := kube.CoreV1().PersistentVolumeClaims(ns).List(context.Background(), metav1.ListOptions{})
+		if err != nil {
+			return err
+		}
+		bound := 0
+		for _, c := range pvcs.Items {
+			if strings.HasPrefix(c.Name, prefix) && c.Status.Phase == corev1.ClaimBound {
+				bound++
+			}
+		}
+		if bound != n {
+			return fmt.Errorf("%d of %d bound", bound, n)
+		}
+		return nil
+	})
+}
+
+// TestControllerAPIServerPause: the API server freezes for longer than the
+// renew deadline while claims come in. The leader loses the Lease and
+// exits; after the API server resumes a replica takes over, every claim
+// binds, and no two replicas ever acted at once.
+func TestControllerAPIServerPause(t *testing.T) {
+	nfsShare(t)
+	nfsClass(t, "e2e-nfs-pause", "delete")
+	logs := followLogs(t, controllerName+"-")
+	scaleController(t, 2)
+	t.Cleanup(func() { scaleController(t, 1) })
+	const n = 20
+	for i := range n / 2 {
+		claim(t, fmt.Sprintf("pause-%02d", i), "e2e-nfs-pause")
+	}
+	// The chart's renew deadline is 10 s.
+	if err := tc.PauseAPIServer(14 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for i := n / 2; i < n; i++ {
+		claim(t, fmt.Sprintf("pause-%02d", i), "e2e-nfs-pause")
+	}
+	claimsBound(t, "pause-", n, 3*time.Minute)
+	spans := logs.spans(t, nil)
+	if len(spans) < 2 {
+		t.Errorf("%d acting spans: the leader should have lost the Lease while the API server was frozen", len(spans))
+	}
+	// The leader that lost the Lease exited without logging "Stopped
+	// acting": its span ends when its container did.
+	ctx := context.Background()
+	pods, err := kube.CoreV1().Pods(monocsiNS).List(ctx, metav1.ListOptions{LabelSelector: controllerSelector})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range spans {
+		if !spans[i].end.IsZero() || i == len(spans)-1 {
+			continue
+		}
+		for _, p := range pods.Items {
+			if last := p.Status.ContainerStatuses[0].LastTerminationState.Terminated; last != nil && strings.HasPrefix(spans[i].id, p.Name+"_") {
+				spans[i].end = last.FinishedAt.Time
+			}
+		}
+	}
+	assertNeverTwoActing(t, spans)
+}
+
+// TestControllerTransientDenial: the controller's RBAC loses CSIDriver
+// objects for a while and the leader restarts meanwhile. It retries with
+// backoff while it leads, acts as soon as the rule is back, without
+// exiting, and a claim made meanwhile binds.
+func TestControllerTransientDenial(t *testing.T) {
+	ctx := context.Background()
+	nfsShare(t)
+	nfsClass(t, "e2e-nfs-transient", "delete")
+	logs := followLogs(t, controllerName+"-")
+	roles := kube.RbacV1().ClusterRoles()
+	role, err := roles.Get(ctx, controllerName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	full := role.DeepCopy()
+	restore := func() {
+		r, err := roles.Get(ctx, controllerName, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Rules = full.Rules
+		if _, err := roles.Update(ctx, r, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(restore)
+	role.Rules = slices.DeleteFunc(role.Rules, func(r rbacv1.PolicyRule) bool { return slices.Contains(r.Resources, "csidrivers") })
+	if _, err := roles.Update(ctx, role, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// A restart makes the leader create its state anew (CSIDriver first).
+	signalLeader(t, syscall.SIGKILL)
+	claim(t, "transient", "e2e-nfs-transient")
+	var id string
+	eventually(t, time.Minute, "the new leader retrying", func() error {
+		var err error
+		if _, id, err = leaseHolder(ctx); err != nil || id == "" {
+			return fmt.Errorf("no holder (%v)", err)
+		}
+		if !logs.contains("Cannot act yet; retrying", "csidrivers") {
+			return fmt.Errorf("no retry logged yet")
+		}
+		return nil
+	})
+	restore()
+	claimsBound(t, "transient", 1, time.Minute)
+	if !logs.contains(`"Acting"`, id) {
+		t.Errorf("%s did not act after the rule came back", id)
+	}
+	if logs.contains("Stepped down", id) {
+		t.Errorf("%s stepped down although the denial lasted less than --act-timeout", id)
+	}
+}
