@@ -15,6 +15,7 @@ import (
 
 	"github.com/monocsi/monocsi/attacher"
 	"github.com/monocsi/monocsi/driver/flex"
+	"github.com/monocsi/monocsi/driver/flex/supervisor"
 	"github.com/monocsi/monocsi/health"
 	"github.com/monocsi/monocsi/internal/kube"
 	"github.com/monocsi/monocsi/internal/leader"
@@ -107,13 +108,15 @@ func runController(ctx context.Context, args []string) error {
 		g, ctx := errgroup.WithContext(ctx)
 		g.Go(func() error { return att.Run(ctx, 10, synced) })
 		g.Go(func() error {
-			return ff.watch(ctx, df.nodeID, func(ctx context.Context, name string, d *flex.Driver) {
-				if !d.Attach() {
-					return
+			return ff.watch(ctx, df.nodeID, func(ctx context.Context, name string, d *flex.Driver) error {
+				if d.Attach() {
+					att.Add(name, d)
+					defer att.Remove(name, d)
 				}
-				att.Add(name, d)
+				// The controller is the one writer of flex drivers' CSIDriver objects.
+				supervisor.KeepCSIDriver(ctx, client, name, d)
 				<-ctx.Done()
-				att.Remove(name, d)
+				return nil
 			})
 		})
 		g.Go(func() error { return provisioner.Run(ctx, client, provs, reg, synced) })

@@ -14,7 +14,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 
-	"github.com/monocsi/monocsi/driver/flex"
+	"github.com/monocsi/monocsi/driver/flex/supervisor"
 	"github.com/monocsi/monocsi/health"
 	"github.com/monocsi/monocsi/internal/kube"
 	"github.com/monocsi/monocsi/internal/opmetrics"
@@ -112,11 +112,10 @@ func runNode(ctx context.Context, args []string) error {
 			}
 		})
 	}
-	g.Go(func() error {
-		return ff.watch(ctx, df.nodeID, func(ctx context.Context, name string, d *flex.Driver) {
-			serveFlexNode(ctx, *kubeletDir, client, name, d)
-		})
-	})
+	// FlexVolume drivers: served and registered here; their CSIDriver
+	// objects are the controller's, only checked here (client nil: not).
+	flexNode := &supervisor.Node{KubeletDir: *kubeletDir, NodeID: df.nodeID, Client: client}
+	g.Go(func() error { return ff.watch(ctx, df.nodeID, flexNode.Serve) })
 	if *httpEndpoint != "" {
 		mux := http.NewServeMux()
 		mux.Handle("/healthz", health.Handler(5*time.Second, checks...))
