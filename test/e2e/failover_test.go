@@ -628,16 +628,16 @@ func TestControllerTransientDenial(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A restart makes the leader create its state anew (CSIDriver first).
-	signalLeader(t, syscall.SIGKILL)
+	killed, _ := signalLeader(t, syscall.SIGKILL)
 	claim(t, "transient", "e2e-nfs-transient")
 	var id string
 	eventually(t, time.Minute, "the new leader retrying", func() error {
-		var err error
-		if _, id, err = leaseHolder(ctx); err != nil || id == "" {
-			return fmt.Errorf("no holder (%v)", err)
-		}
 		if !logs.contains("Cannot act yet; retrying", "csidrivers") {
 			return fmt.Errorf("no retry logged yet")
+		}
+		var err error
+		if _, id, err = leaseHolder(ctx); err != nil || id == "" || id == killed {
+			return fmt.Errorf("lease held by %q (%v)", id, err)
 		}
 		return nil
 	})
