@@ -15,6 +15,7 @@ import (
 	storagev1 "k8s.io/api/storage/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/monocsi/monocsi/driver/flex/supervisor"
 	"github.com/monocsi/monocsi/test/flexsamples"
 )
 
@@ -40,15 +41,21 @@ func TestFlexDrivers(t *testing.T) {
 	eventually(t, time.Minute, "both flex drivers in CSINode", func() error {
 		return inCSINode(true, loopDriver, bindDriver)
 	})
+	// The controller writes them (their one writer), from the executables
+	// in its own --flex-dir: the node may register a driver first.
 	for name, attach := range map[string]bool{loopDriver: true, bindDriver: false} {
-		d, err := kube.StorageV1().CSIDrivers().Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			t.Fatalf("CSIDriver %s: %v", name, err)
-		}
-		if d.Spec.AttachRequired == nil || *d.Spec.AttachRequired != attach || d.Spec.PodInfoOnMount == nil || !*d.Spec.PodInfoOnMount {
-			t.Errorf("CSIDriver %s: attachRequired %v podInfoOnMount %v; want attach %v (from init) and pod info", name, d.Spec.AttachRequired, d.Spec.PodInfoOnMount, attach)
-		}
+		eventually(t, time.Minute, "CSIDriver "+name+" written by the controller", func() error {
+			d, err := kube.StorageV1().CSIDrivers().Get(ctx, name, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			if d.Spec.AttachRequired == nil || *d.Spec.AttachRequired != attach || d.Spec.PodInfoOnMount == nil || !*d.Spec.PodInfoOnMount {
+				return fmt.Errorf("attachRequired %v podInfoOnMount %v; want attach %v (from init) and pod info", d.Spec.AttachRequired, d.Spec.PodInfoOnMount, attach)
+			}
+			return nil
+		})
 	}
+	noMismatch(t, loopDriver, bindDriver)
 
 	t.Run("attach", func(t *testing.T) {
 		backing := filepath.Join(tc.FlexDir, flexsamples.Dir("loopdev"), "data")
@@ -107,6 +114,23 @@ func TestFlexDrivers(t *testing.T) {
 	eventually(t, time.Minute, "the removed driver unregistered", func() error { return inCSINode(false, bindDriver) })
 	if err := inCSINode(true, loopDriver); err != nil {
 		t.Errorf("removing one driver affected the other: %v", err)
+	}
+}
+
+// noMismatch checks that no node recorded a FlexCapabilityMismatch Event on
+// the drivers' CSIDriver objects: the node and the controller run the same
+// executables here, so they agree with what the controller wrote.
+func noMismatch(t *testing.T, drivers ...string) {
+	t.Helper()
+	evs, err := kube.CoreV1().Events(metav1.NamespaceDefault).List(context.Background(),
+		metav1.ListOptions{FieldSelector: "reason=" + supervisor.ReasonCapabilityMismatch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ev := range evs.Items {
+		if slices.Contains(drivers, ev.InvolvedObject.Name) {
+			t.Errorf("Event on CSIDriver %s: %s", ev.InvolvedObject.Name, ev.Message)
+		}
 	}
 }
 
@@ -181,13 +205,17 @@ func TestFlexNFSScript(t *testing.T) {
 		eventually(t, time.Minute, "the NFS script's driver unregistered", func() error { return inCSINode(false, driver) })
 	})
 	eventually(t, time.Minute, "the NFS script's driver in CSINode", func() error { return inCSINode(true, driver) })
-	d, err := kube.StorageV1().CSIDrivers().Get(ctx, driver, metav1.GetOptions{})
-	if err != nil {
-		t.Fatalf("CSIDriver %s: %v", driver, err)
-	}
-	if d.Spec.AttachRequired == nil || *d.Spec.AttachRequired || !slices.Contains(d.Spec.VolumeLifecycleModes, storagev1.VolumeLifecycleEphemeral) {
-		t.Errorf("CSIDriver %s: attachRequired %v, modes %v; want no attach (init says attach: false) and inline volumes", driver, d.Spec.AttachRequired, d.Spec.VolumeLifecycleModes)
-	}
+	eventually(t, time.Minute, "CSIDriver "+driver+" written by the controller", func() error {
+		d, err := kube.StorageV1().CSIDrivers().Get(ctx, driver, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if d.Spec.AttachRequired == nil || *d.Spec.AttachRequired || !slices.Contains(d.Spec.VolumeLifecycleModes, storagev1.VolumeLifecycleEphemeral) {
+			return fmt.Errorf("attachRequired %v, modes %v; want no attach (init says attach: false) and inline volumes", d.Spec.AttachRequired, d.Spec.VolumeLifecycleModes)
+		}
+		return nil
+	})
+	noMismatch(t, driver)
 	const export = "/exports/flex-script"
 	share := filepath.Join(tc.NFSRoot(), nfsServer, export)
 	if err := os.MkdirAll(share, 0o777); err != nil {
