@@ -1,4 +1,6 @@
-// Package kube builds the Kubernetes client every monocsi role shares.
+// Package kube is the Kubernetes layer every monocsi role shares: the client,
+// the one informer cache of a process (Informers) with its transform and
+// node filters, and the secrets reader.
 package kube
 
 import (
