@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
 
 	"github.com/monocsi/monocsi/driver"
 )
@@ -26,7 +27,11 @@ func (d *Driver) CreateVolume(_ context.Context, req *csi.CreateVolumeRequest) (
 	if err := d.checkCapabilities(req.GetVolumeCapabilities()); err != nil {
 		return nil, err
 	}
-	if err := driver.CheckParameters(req.GetParameters()); err != nil {
+	if err := driver.CheckParameters(req.GetParameters(), ParamEnforceSize); err != nil {
+		return nil, err
+	}
+	enforce, err := d.enforceSize(req.GetParameters())
+	if err != nil {
 		return nil, err
 	}
 	if err := d.checkAccessible(req.GetAccessibilityRequirements()); err != nil {
@@ -72,14 +77,34 @@ func (d *Driver) CreateVolume(_ context.Context, req *csi.CreateVolumeRequest) (
 		if rec.Source != source {
 			return nil, status.Errorf(codes.AlreadyExists, "volume %s already exists with a different content source (%q)", id, rec.Source)
 		}
+		if enforce == enforceRequired && rec.ProjectID == 0 || enforce == enforceRefused && rec.ProjectID != 0 {
+			return nil, status.Errorf(codes.AlreadyExists, "volume %s already exists with enforceSize=%v", id, rec.ProjectID != 0)
+		}
 		size = rec.CapacityBytes
 	} else if err := d.checkFree(size); err != nil {
 		return nil, err
 	}
 
+	// A new volume whose size is enforced gets its project ID, with its
+	// limit set, before its directory is filled; the record that names the
+	// ID is written last. Until then the ID is only reserved in memory, and
+	// given back when the call fails.
+	var projID uint32
+	release := func() {}
+	if rec == nil && d.quota != nil && enforce != enforceRefused {
+		if projID, err = d.ids.allocate(id, d.projectInUse); err != nil {
+			return nil, err
+		}
+		release = func() { d.ids.release(projID, id) }
+		defer func() { release() }()
+		if err = d.quota.SetLimit(projID, size); err != nil {
+			return nil, status.Errorf(codes.Internal, "set the %s project quota of volume %s (project %d) to %d bytes: %v", d.quota.Kind(), id, projID, size, err)
+		}
+	}
+
 	dir := d.volumeDir(id)
 	if rec == nil && source != "" {
-		if err := d.populate(dir, id, src); err != nil {
+		if err = d.populate(dir, id, src, projID); err != nil {
 			return nil, err
 		}
 	} else if err := os.Mkdir(dir, 0o777); err != nil && !errors.Is(err, os.ErrExist) {
@@ -93,15 +118,58 @@ func (d *Driver) CreateVolume(_ context.Context, req *csi.CreateVolumeRequest) (
 	if err := os.Chmod(dir, 0o777); err != nil {
 		return nil, status.Errorf(codes.Internal, "chmod %s: %v", dir, err)
 	}
+	if projID != 0 {
+		// Also when the directory was left empty by an interrupted call:
+		// it takes the new ID.
+		if err = d.quota.SetProject(dir, projID); err != nil {
+			return nil, status.Errorf(codes.Internal, "set project %d on %s: %v", projID, dir, err)
+		}
+	}
 	if rec == nil {
-		if err := writeJSON(d.recordPath(id), record{CapacityBytes: size, Created: time.Now().UTC(), Source: source}); err != nil {
+		if err = writeJSON(d.recordPath(id), record{CapacityBytes: size, Created: time.Now().UTC(), Source: source, ProjectID: projID}); err != nil {
 			os.RemoveAll(dir) // nothing was published yet: no record, no volume
 			return nil, status.Errorf(codes.Internal, "record volume %s: %v", id, err)
 		}
 	}
+	release = func() {} // the record holds the ID now
 	resp := d.volume(id, size)
 	resp.ContentSource = src
 	return &csi.CreateVolumeResponse{Volume: resp}, nil
+}
+
+// enforce is what a CreateVolume asks of its size's enforcement.
+type enforce int
+
+const (
+	enforceAuto     enforce = iota // where the root's filesystem can
+	enforceRequired                // enforceSize: "true": fail where it cannot
+	enforceRefused                 // enforceSize: "false": never
+)
+
+// enforceSize reads the enforceSize parameter and fails when it requires
+// what the root's filesystem cannot do: RESOURCE_EXHAUSTED (another node
+// may have project quotas) naming the filesystem and what it lacks.
+func (d *Driver) enforceSize(params map[string]string) (enforce, error) {
+	v, ok := params[ParamEnforceSize]
+	switch {
+	case !ok:
+		return enforceAuto, nil
+	case v == "false":
+		return enforceRefused, nil
+	case v != "true":
+		return 0, status.Errorf(codes.InvalidArgument, "parameter %s must be \"true\" or \"false\", not %q", ParamEnforceSize, driver.Printable(v))
+	case d.quota == nil:
+		return 0, status.Errorf(codes.ResourceExhausted,
+			"%s=true, but node %s cannot enforce volume sizes under %s: %s", ParamEnforceSize, d.nodeID, d.root, d.noQuota)
+	}
+	return enforceRequired, nil
+}
+
+// projectInUse tells whether a project ID no record names still owns
+// inodes on the filesystem: someone else's project, not to be reused.
+func (d *Driver) projectInUse(id uint32) (bool, error) {
+	u, err := d.quota.Usage(id)
+	return u.Inodes > 0, err
 }
 
 func (d *Driver) volume(id string, size int64) *csi.Volume {
@@ -109,9 +177,9 @@ func (d *Driver) volume(id string, size int64) *csi.Volume {
 }
 
 // requestedSize is the size recorded for a new volume: the required bytes,
-// or the limit when only a limit is given. Sizes are not enforced (a
-// directory has no quota); they are checked against free space and kept so a
-// repeated CreateVolume can be compared.
+// or the limit when only a limit is given. Sizes are checked against free
+// space, kept so a repeated CreateVolume can be compared, and enforced by a
+// project quota where the root's filesystem has them.
 func requestedSize(r *csi.CapacityRange) (int64, error) {
 	req, lim := r.GetRequiredBytes(), r.GetLimitBytes()
 	switch {
@@ -186,11 +254,23 @@ func (d *Driver) DeleteVolume(_ context.Context, req *csi.DeleteVolumeRequest) (
 	if err := d.checkUnused(dir); err != nil {
 		return nil, err
 	}
+	rec, _ := d.readRecord(id) // a damaged record is removed all the same
 	if err := os.RemoveAll(dir); err != nil {
 		return nil, status.Errorf(codes.Internal, "remove %s: %v", dir, err)
 	}
 	if err := removeFile(d.recordPath(id)); err != nil {
 		return nil, status.Errorf(codes.Internal, "remove record of %s: %v", id, err)
+	}
+	d.walks.forget(id)
+	if rec != nil && rec.ProjectID != 0 {
+		// The project owns nothing now: its limit goes, its ID is free.
+		// A limit left by a crash here is replaced by the ID's next user.
+		if d.quota != nil {
+			if err := d.quota.SetLimit(rec.ProjectID, 0); err != nil {
+				klog.ErrorS(err, "Cannot clear the quota limit of a deleted volume", "volumeID", id, "projectID", rec.ProjectID)
+			}
+		}
+		d.ids.release(rec.ProjectID, id)
 	}
 	return &csi.DeleteVolumeResponse{}, nil
 }

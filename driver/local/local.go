@@ -5,7 +5,7 @@
 // Layout under the root:
 //
 //	<root>/<volume-id>/                           the volume's data
-//	<root>/.monocsi/<volume-id>.json              its record (capacity, creation time)
+//	<root>/.monocsi/<volume-id>.json              its record (capacity, creation time, project ID)
 //	<root>/.monocsi/snapshots/<snap-id>.tar.gz    a snapshot's archive
 //	<root>/.monocsi/snapshots/<snap-id>.json      its record
 //	<root>/.monocsi/new/<volume-id>/              a clone or restore being filled
@@ -16,16 +16,25 @@
 // interrupted call leaves either an empty directory that the retry adopts or a
 // record whose retry finishes the deletion — never a record-less directory of
 // old data that a new volume of the same name could inherit.
+//
+// Sizes are enforced where the root's filesystem has project quotas (XFS
+// mounted with prjquota, ext4 with the quota and project features mounted
+// with prjquota): each volume's directory gets a project ID of its own,
+// whose block limit is the volume's size (see quota.go). Elsewhere sizes
+// are checked against free space only, and the StorageClass parameter
+// enforceSize: "true" makes CreateVolume fail instead.
 package local
 
 import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
 	mount "k8s.io/mount-utils"
 
 	"github.com/monocsi/monocsi/driver"
@@ -47,7 +56,20 @@ type Config struct {
 	Version string // reported as vendor_version
 	// Mounter performs mounts; mount.New("") when nil.
 	Mounter mount.Interface
+
+	// quota replaces the detection of the root's project quotas (tests).
+	quota quotaFS
+	// firstID, lastID replace the project ID range (tests).
+	firstID, lastID uint32
+	// walkTimeout, walkTTL, walkers replace the bounds of the usage walks (tests).
+	walkTimeout, walkTTL time.Duration
+	walkers              int
 }
+
+// ParamEnforceSize is the StorageClass parameter that requires ("true") or
+// refuses ("false") enforced sizes; without it sizes are enforced where the
+// root's filesystem can.
+const ParamEnforceSize = "enforceSize"
 
 // Driver serves local volumes of one node.
 type Driver struct {
@@ -63,6 +85,13 @@ type Driver struct {
 	// over it (or over the root) is noticed before a record is written.
 	own  driver.Reserved
 	meta driver.Reserved
+
+	// quota enforces sizes on the root's filesystem; nil where it cannot
+	// (noQuota says why).
+	quota   quotaFS
+	noQuota string
+	ids     *projectIDs
+	walks   *walker
 }
 
 var _ driver.Driver = (*Driver)(nil)
@@ -105,7 +134,74 @@ func New(c Config) (*Driver, error) {
 	if d.meta, err = driver.Reserve("the local driver's record directory", d.recordDir()); err != nil {
 		return nil, fmt.Errorf("local driver: %w", err)
 	}
+	if c.walkTimeout == 0 {
+		c.walkTimeout = defaultWalkTimeout
+	}
+	if c.walkTTL == 0 {
+		c.walkTTL = defaultWalkTTL
+	}
+	if c.walkers == 0 {
+		c.walkers = defaultWalkers
+	}
+	d.walks = newWalker(c.walkTimeout, c.walkTTL, c.walkers)
+	if c.firstID == 0 {
+		c.firstID, c.lastID = firstProjectID, lastProjectID
+	}
+	d.ids = newProjectIDs(c.firstID, c.lastID)
+	d.quota = c.quota
+	if d.quota == nil {
+		d.quota, d.noQuota = detectQuota(root)
+	}
+	if err := d.loadProjects(); err != nil {
+		return nil, err
+	}
 	return d, nil
+}
+
+// loadProjects marks the recorded project IDs used and, where quotas are
+// on, puts back a limit that differs from the recorded size. It logs once
+// whether sizes are enforced on the root.
+func (d *Driver) loadProjects() error {
+	ids, err := listIDs(d.recordDir())
+	if err != nil {
+		return fmt.Errorf("local driver: list volumes: %w", err)
+	}
+	enforced, fixed := 0, 0
+	for _, id := range ids {
+		rec, err := d.readRecord(id)
+		if err != nil || rec == nil || rec.ProjectID == 0 {
+			continue
+		}
+		enforced++
+		if err := d.ids.add(rec.ProjectID, id); err != nil {
+			klog.ErrorS(err, "Damaged volume records", "root", d.root)
+		}
+		if d.quota == nil {
+			continue
+		}
+		if u, err := d.quota.Usage(rec.ProjectID); err != nil || u.LimitBytes != limitOf(d.quota, rec.CapacityBytes) {
+			if err := d.quota.SetLimit(rec.ProjectID, rec.CapacityBytes); err != nil {
+				klog.ErrorS(err, "Cannot restore a volume's quota limit", "volumeID", id, "projectID", rec.ProjectID)
+				continue
+			}
+			fixed++
+		}
+	}
+	if d.quota == nil {
+		klog.InfoS("Volume sizes are NOT enforced on this root: volumes can fill the filesystem", "root", d.root, "reason", d.noQuota, "volumesRecordedAsEnforced", enforced)
+		return nil
+	}
+	klog.InfoS("Volume sizes are enforced with project quotas", "root", d.root, "filesystem", d.quota.Kind(), "enforcedVolumes", enforced, "limitsRestored", fixed)
+	return nil
+}
+
+// limitOf is the limit the filesystem keeps for n bytes: n rounded up to
+// its quota unit.
+func limitOf(q quotaFS, n int64) int64 {
+	if q.Kind() == "ext4" {
+		return int64(roundUp(n, qifDQBlock) << qifDQBlock)
+	}
+	return int64(roundUp(n, xfsBBShift) << xfsBBShift)
 }
 
 // checkStorage fails when the root or the record directory is no longer

@@ -9,8 +9,10 @@ import (
 	"strings"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
 	mount "k8s.io/mount-utils"
 
 	"github.com/monocsi/monocsi/driver"
@@ -43,7 +45,7 @@ func (d *Driver) NodePublishVolume(_ context.Context, req *csi.NodePublishVolume
 	}
 	defer unlock()
 
-	src, err := d.existingVolumeDir(id)
+	src, _, err := d.existingVolumeDir(id)
 	if err != nil {
 		return nil, err
 	}
@@ -118,21 +120,22 @@ func checkBindFlags(flags []string) error {
 	return nil
 }
 
-// existingVolumeDir returns the volume's directory, or NOT_FOUND.
-func (d *Driver) existingVolumeDir(id string) (string, error) {
-	if _, err := d.existingRecord(id); err != nil {
-		return "", err
+// existingVolumeDir returns the volume's directory and record, or NOT_FOUND.
+func (d *Driver) existingVolumeDir(id string) (string, *record, error) {
+	rec, err := d.existingRecord(id)
+	if err != nil {
+		return "", nil, err
 	}
 	dir := d.volumeDir(id)
 	fi, err := os.Lstat(dir)
 	if err != nil {
-		return "", status.Errorf(codes.NotFound, "volume %s has lost its directory %s", id, dir)
+		return "", nil, status.Errorf(codes.NotFound, "volume %s has lost its directory %s", id, dir)
 	}
 	if !fi.IsDir() {
 		// Replaced behind the driver's back: never followed or used.
-		return "", status.Errorf(codes.FailedPrecondition, "volume %s: %s is no longer a directory (a symlink or file was put there); refusing to use it", id, dir)
+		return "", nil, status.Errorf(codes.FailedPrecondition, "volume %s: %s is no longer a directory (a symlink or file was put there); refusing to use it", id, dir)
 	}
-	return dir, nil
+	return dir, rec, nil
 }
 
 func (d *Driver) mountedReadOnly(target string) (bool, error) {
@@ -198,9 +201,13 @@ func (d *Driver) unmount(target string) error {
 	}
 }
 
-// NodeGetVolumeStats reports the bytes and inodes of the filesystem holding
-// the volume: directories have no quota.
-func (d *Driver) NodeGetVolumeStats(_ context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
+// NodeGetVolumeStats reports the volume's own bytes and inodes: from its
+// project quota when its size is enforced (total: the limit; available:
+// what is left of it, at most the filesystem's free space), else from a
+// walk of its directory (see walker; total: its recorded size). When
+// neither has a figure (the walk found no free slot, or ran out of time
+// before any walk of the volume completed), the filesystem's figures.
+func (d *Driver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
 	id, p := req.GetVolumeId(), req.GetVolumePath()
 	if err := driver.ValidID("volume ID", id); err != nil {
 		return nil, err
@@ -208,7 +215,7 @@ func (d *Driver) NodeGetVolumeStats(_ context.Context, req *csi.NodeGetVolumeSta
 	if p == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume path is required")
 	}
-	src, err := d.existingVolumeDir(id)
+	src, rec, err := d.existingVolumeDir(id)
 	if err != nil {
 		return nil, err
 	}
@@ -232,13 +239,38 @@ func (d *Driver) NodeGetVolumeStats(_ context.Context, req *csi.NodeGetVolumeSta
 	if err != nil {
 		return nil, err
 	}
+	return &csi.NodeGetVolumeStatsResponse{Usage: d.volumeUsage(ctx, id, src, rec, &st)}, nil
+}
+
+// volumeUsage is the volume's usage (see NodeGetVolumeStats); st is the
+// filesystem's.
+func (d *Driver) volumeUsage(ctx context.Context, id, dir string, rec *record, st *unix.Statfs_t) []*csi.VolumeUsage {
 	bs := st.Bsize
-	return &csi.NodeGetVolumeStatsResponse{
-		Usage: []*csi.VolumeUsage{
-			{Unit: csi.VolumeUsage_BYTES, Total: int64(st.Blocks) * bs, Available: int64(st.Bavail) * bs, Used: int64(st.Blocks-st.Bfree) * bs},
-			{Unit: csi.VolumeUsage_INODES, Total: int64(st.Files), Available: int64(st.Ffree), Used: int64(st.Files - st.Ffree)},
-		},
-	}, nil
+	fsTotal, fsAvail, freeInodes := int64(st.Blocks)*bs, int64(st.Bavail)*bs, int64(st.Ffree)
+	own := func(used, total, inodes int64) []*csi.VolumeUsage {
+		if total <= 0 {
+			total = fsTotal
+		}
+		avail := min(max(total-used, 0), fsAvail)
+		return []*csi.VolumeUsage{
+			{Unit: csi.VolumeUsage_BYTES, Total: total, Available: avail, Used: used},
+			{Unit: csi.VolumeUsage_INODES, Total: inodes + freeInodes, Available: freeInodes, Used: inodes},
+		}
+	}
+	if rec.ProjectID != 0 && d.quota != nil {
+		u, err := d.quota.Usage(rec.ProjectID)
+		if err == nil {
+			return own(u.Bytes, u.LimitBytes, u.Inodes)
+		}
+		klog.ErrorS(err, "Cannot read a volume's quota usage; walking its directory", "volumeID", id, "projectID", rec.ProjectID)
+	}
+	if u, ok := d.walks.get(ctx, id, dir); ok && u.Complete {
+		return own(u.Bytes, rec.CapacityBytes, u.Inodes)
+	}
+	return []*csi.VolumeUsage{
+		{Unit: csi.VolumeUsage_BYTES, Total: fsTotal, Available: fsAvail, Used: int64(st.Blocks-st.Bfree) * bs},
+		{Unit: csi.VolumeUsage_INODES, Total: int64(st.Files), Available: freeInodes, Used: int64(st.Files - st.Ffree)},
+	}
 }
 
 // NodeGetInfo returns the node ID and the topology segment that pins volumes here.

@@ -23,6 +23,9 @@ type record struct {
 	// Source is "snapshot/<id>" or "volume/<id>" for a restored or cloned
 	// volume, so a repeated CreateVolume can tell whether it asks for the same.
 	Source string `json:"source,omitempty"`
+	// ProjectID is the volume's project ID when its size is enforced by a
+	// project quota (limit: CapacityBytes); 0 when it is not.
+	ProjectID uint32 `json:"projectID,omitempty"`
 }
 
 // snapshotRecord describes a snapshot: a compressed archive of a volume.

@@ -172,14 +172,22 @@ func (d *Driver) contentSource(src *csi.VolumeContentSource) (string, int64, err
 
 // populate fills a new volume's directory from its content source. The copy
 // is made in a scratch directory and renamed into place, so an interrupted
-// call never leaves a half-filled volume.
-func (d *Driver) populate(dir, id string, src *csi.VolumeContentSource) error {
+// call never leaves a half-filled volume. With a project ID, the scratch
+// directory has it before the copy starts, so every copied file is charged
+// to the volume's quota (and the copy fails when it does not fit).
+func (d *Driver) populate(dir, id string, src *csi.VolumeContentSource, projID uint32) error {
 	tmp := filepath.Join(d.newDir(), id)
 	if err := os.RemoveAll(tmp); err != nil {
 		return status.Errorf(codes.Internal, "clear %s: %v", tmp, err)
 	}
 	if err := os.Mkdir(tmp, 0o777); err != nil {
 		return status.Errorf(codes.Internal, "create %s: %v", tmp, err)
+	}
+	if projID != 0 {
+		if err := d.quota.SetProject(tmp, projID); err != nil {
+			os.RemoveAll(tmp)
+			return status.Errorf(codes.Internal, "set project %d on %s: %v", projID, tmp, err)
+		}
 	}
 	var err error
 	if s := src.GetSnapshot(); s != nil {
@@ -203,8 +211,10 @@ func (d *Driver) populate(dir, id string, src *csi.VolumeContentSource) error {
 	return nil
 }
 
-// ControllerExpandVolume records the new size after checking free space. A
-// directory needs no node-side resize.
+// ControllerExpandVolume raises the volume's quota limit (when its size is
+// enforced) and records the new size, after checking free space; a smaller
+// size is OUT_OF_RANGE. A directory needs no node-side resize, so this is
+// online: a pod writing into the volume may write more at once.
 func (d *Driver) ControllerExpandVolume(_ context.Context, req *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
 	id := req.GetVolumeId()
 	if err := driver.ValidID("volume ID", id); err != nil {
@@ -226,9 +236,23 @@ func (d *Driver) ControllerExpandVolume(_ context.Context, req *csi.ControllerEx
 	if err != nil {
 		return nil, err
 	}
+	if size > 0 && size < rec.CapacityBytes || req.GetCapacityRange().GetLimitBytes() > 0 && req.GetCapacityRange().GetLimitBytes() < rec.CapacityBytes {
+		return nil, status.Errorf(codes.OutOfRange, "volume %s has %d bytes and cannot shrink (requested %d, limit %d)",
+			id, rec.CapacityBytes, req.GetCapacityRange().GetRequiredBytes(), req.GetCapacityRange().GetLimitBytes())
+	}
 	if size > rec.CapacityBytes {
 		if err := d.checkFree(size - rec.CapacityBytes); err != nil {
 			return nil, err
+		}
+		if rec.ProjectID != 0 {
+			// The limit first: a record is never larger than its limit.
+			if d.quota == nil {
+				return nil, status.Errorf(codes.FailedPrecondition,
+					"volume %s's size is enforced by project %d, but its root can no longer enforce sizes: %s", id, rec.ProjectID, d.noQuota)
+			}
+			if err := d.quota.SetLimit(rec.ProjectID, size); err != nil {
+				return nil, status.Errorf(codes.Internal, "raise the %s project quota of volume %s (project %d) to %d bytes: %v", d.quota.Kind(), id, rec.ProjectID, size, err)
+			}
 		}
 		rec.CapacityBytes = size
 		if err := writeJSON(d.recordPath(id), rec); err != nil {
