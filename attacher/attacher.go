@@ -8,6 +8,7 @@ package attacher
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -20,7 +21,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/client-go/informers"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	storagelisters "k8s.io/client-go/listers/storage/v1"
@@ -29,6 +30,8 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/monocsi/monocsi/driver"
+	"github.com/monocsi/monocsi/internal/capability"
+	"github.com/monocsi/monocsi/internal/kube"
 	"github.com/monocsi/monocsi/internal/opmetrics"
 )
 
@@ -52,22 +55,31 @@ const Timeout = 2 * time.Minute
 // Attacher attaches and detaches volumes of the drivers it holds.
 type Attacher struct {
 	client  kubernetes.Interface
+	caps    *capability.Cache
 	mu      sync.RWMutex
 	drivers map[string]driver.Driver // by CSI name
 	queue   workqueue.TypedRateLimitingInterface[string]
-	factory informers.SharedInformerFactory
+	inf     *kube.Informers
+	vaInf   cache.SharedIndexInformer
+	pvInf   cache.SharedIndexInformer
+	nodeInf cache.SharedIndexInformer
 	vas     storagelisters.VolumeAttachmentLister
 	pvs     corelisters.PersistentVolumeLister
 	nodes   storagelisters.CSINodeLister
 }
 
 // New returns an attacher with no drivers; Add and Remove change them while
-// it runs (FlexVolume drivers come and go).
-func New(client kubernetes.Interface) *Attacher {
-	f := informers.NewSharedInformerFactory(client, 10*time.Minute)
-	return &Attacher{client: client, drivers: map[string]driver.Driver{}, factory: f,
-		vas: f.Storage().V1().VolumeAttachments().Lister(), pvs: f.Core().V1().PersistentVolumes().Lister(),
-		nodes: f.Storage().V1().CSINodes().Lister(),
+// it runs (FlexVolume drivers come and go). It reads VolumeAttachments, PVs
+// and CSINodes through the process's informers, and drivers' capabilities
+// through caps (nil: a cache of its own), both shared with the provisioner.
+func New(client kubernetes.Interface, inf *kube.Informers, caps *capability.Cache) *Attacher {
+	if caps == nil {
+		caps = &capability.Cache{}
+	}
+	va, pv, cn := inf.Storage().V1().VolumeAttachments(), inf.Core().V1().PersistentVolumes(), inf.Storage().V1().CSINodes()
+	return &Attacher{client: client, caps: caps, drivers: map[string]driver.Driver{}, inf: inf,
+		vaInf: va.Informer(), pvInf: pv.Informer(), nodeInf: cn.Informer(),
+		vas: va.Lister(), pvs: pv.Lister(), nodes: cn.Lister(),
 		// Retries: 1 s doubling to 5 min, as external-attacher.
 		queue: workqueue.NewTypedRateLimitingQueue(workqueue.NewTypedItemExponentialFailureRateLimiter[string](time.Second, 5*time.Minute))}
 }
@@ -88,6 +100,7 @@ func (a *Attacher) Remove(name string, d driver.Driver) {
 		delete(a.drivers, name)
 	}
 	a.mu.Unlock()
+	a.caps.Forget(name, d)
 }
 
 func (a *Attacher) driver(name string) driver.Driver {
@@ -107,28 +120,32 @@ func (a *Attacher) resync() {
 
 // Run watches VolumeAttachments, PVs and CSINodes until ctx is done, and
 // returns once every worker has. synced, if set, is called once the caches
-// are filled and the workers run.
+// are filled and the workers run. The informers are the process's: they
+// keep running after Run returns (its handlers are removed).
 func (a *Attacher) Run(ctx context.Context, workers int, synced func()) error {
-	f := a.factory
-	vaInf, pvInf := f.Storage().V1().VolumeAttachments(), f.Core().V1().PersistentVolumes()
 	enqueue := func(obj any) {
 		if va, ok := obj.(*storagev1.VolumeAttachment); ok {
 			a.queue.Add(va.Name)
 		}
 	}
-	if _, err := vaInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+	defer a.queue.ShutDown()
+	vaReg, err := a.vaInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: enqueue, UpdateFunc: func(_, o any) { enqueue(o) }, DeleteFunc: a.queuePVOf,
-	}); err != nil {
+	})
+	if err != nil {
 		return err
 	}
+	defer a.vaInf.RemoveEventHandler(vaReg)
 	// A PV being deleted loses our finalizer once no attachment uses it.
-	if _, err := pvInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+	pvReg, err := a.pvInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		UpdateFunc: func(_, o any) { a.queuePV(o) }, AddFunc: a.queuePV,
-	}); err != nil {
+	})
+	if err != nil {
 		return err
 	}
-	f.Start(ctx.Done())
-	f.WaitForCacheSync(ctx.Done())
+	defer a.pvInf.RemoveEventHandler(pvReg)
+	a.inf.Start()
+	cache.WaitForCacheSync(ctx.Done(), a.vaInf.HasSynced, a.pvInf.HasSynced, a.nodeInf.HasSynced, vaReg.HasSynced, pvReg.HasSynced)
 	var running sync.WaitGroup
 	for range workers {
 		running.Go(func() { a.work(ctx) })
@@ -140,7 +157,6 @@ func (a *Attacher) Run(ctx context.Context, workers int, synced func()) error {
 	// Return only once no worker acts: the Lease is released after this.
 	a.queue.ShutDown()
 	running.Wait()
-	f.Shutdown()
 	return nil
 }
 
@@ -217,6 +233,12 @@ func (a *Attacher) syncVA(ctx context.Context, name string) error {
 func (a *Attacher) attach(ctx context.Context, d driver.Driver, va *storagev1.VolumeAttachment) error {
 	name := va.Spec.Attacher
 	fin := Finalizer(name)
+	// Before anything is written: without the driver's answer, whether to
+	// call ControllerPublishVolume is unknown, and the item is retried.
+	caps, err := a.caps.Get(ctx, name, d)
+	if err != nil {
+		return err
+	}
 	if va.Spec.Source.PersistentVolumeName == nil {
 		return a.attachFailed(ctx, va, fmt.Errorf("only PersistentVolumes can be attached by %s (inline volume specs are not supported)", name))
 	}
@@ -231,9 +253,11 @@ func (a *Attacher) attach(ctx context.Context, d driver.Driver, va *storagev1.Vo
 		return a.attachFailed(ctx, va, fmt.Errorf("PersistentVolume %s is being deleted", pv.Name))
 	}
 	if !slices.Contains(pv.Finalizers, fin) {
-		pv = pv.DeepCopy()
-		pv.Finalizers = append(pv.Finalizers, fin)
-		if _, err := a.client.CoreV1().PersistentVolumes().Update(ctx, pv, metav1.UpdateOptions{}); err != nil {
+		patch, err := metaPatch(pv.ResourceVersion, append(slices.Clip(pv.Finalizers), fin), nil)
+		if err != nil {
+			return err
+		}
+		if pv, err = a.client.CoreV1().PersistentVolumes().Patch(ctx, pv.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
 			return err
 		}
 	}
@@ -243,21 +267,24 @@ func (a *Attacher) attach(ctx context.Context, d driver.Driver, va *storagev1.Vo
 	}
 	handle := pv.Spec.CSI.VolumeHandle
 	if !slices.Contains(va.Finalizers, fin) || va.Annotations[annNodeID] != nodeID || va.Annotations[annHandle] != handle {
-		va = va.DeepCopy()
-		if !slices.Contains(va.Finalizers, fin) {
-			va.Finalizers = append(va.Finalizers, fin)
+		finalizers := va.Finalizers
+		if !slices.Contains(finalizers, fin) {
+			finalizers = append(slices.Clip(finalizers), fin)
 		}
-		if va.Annotations == nil {
-			va.Annotations = map[string]string{}
+		patch, err := metaPatch(va.ResourceVersion, finalizers, map[string]string{annNodeID: nodeID, annHandle: handle})
+		if err != nil {
+			return err
 		}
-		va.Annotations[annNodeID] = nodeID
-		va.Annotations[annHandle] = handle
-		if va, err = a.client.StorageV1().VolumeAttachments().Update(ctx, va, metav1.UpdateOptions{}); err != nil {
+		if va, err = a.client.StorageV1().VolumeAttachments().Patch(ctx, va.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
 			return err
 		}
 	}
 	var publishCtx map[string]string
-	if has(ctx, d, csi.ControllerServiceCapability_RPC_PUBLISH_UNPUBLISH_VOLUME) {
+	if caps.Controller(csi.ControllerServiceCapability_RPC_PUBLISH_UNPUBLISH_VOLUME) {
+		volCap, err := volumeCapability(pv, caps.MultiWriter())
+		if err != nil {
+			return a.attachFailed(ctx, va, err)
+		}
 		secrets, err := a.secrets(ctx, pv.Spec.CSI.ControllerPublishSecretRef)
 		if err != nil {
 			return a.attachFailed(ctx, va, err)
@@ -265,7 +292,7 @@ func (a *Attacher) attach(ctx context.Context, d driver.Driver, va *storagev1.Vo
 		cctx, cancel := context.WithTimeout(ctx, Timeout)
 		start := time.Now()
 		resp, err := d.ControllerPublishVolume(cctx, &csi.ControllerPublishVolumeRequest{
-			VolumeId: pv.Spec.CSI.VolumeHandle, NodeId: nodeID, VolumeCapability: capability(pv),
+			VolumeId: pv.Spec.CSI.VolumeHandle, NodeId: nodeID, VolumeCapability: volCap,
 			Readonly: pv.Spec.CSI.ReadOnly, Secrets: secrets, VolumeContext: pv.Spec.CSI.VolumeAttributes,
 		})
 		cancel()
@@ -312,7 +339,13 @@ func (a *Attacher) detach(ctx context.Context, d driver.Driver, va *storagev1.Vo
 	if !slices.Contains(va.Finalizers, fin) {
 		return nil
 	}
-	if has(ctx, d, csi.ControllerServiceCapability_RPC_PUBLISH_UNPUBLISH_VOLUME) {
+	// Without the driver's answer, whether ControllerUnpublishVolume must be
+	// called first is unknown: the finalizer stays, and the item is retried.
+	caps, err := a.caps.Get(ctx, name, d)
+	if err != nil {
+		return err
+	}
+	if caps.Controller(csi.ControllerServiceCapability_RPC_PUBLISH_UNPUBLISH_VOLUME) {
 		nodeID := va.Annotations[annNodeID]
 		if nodeID == "" {
 			var err error
@@ -347,12 +380,11 @@ func (a *Attacher) detach(ctx context.Context, d driver.Driver, va *storagev1.Vo
 	}
 	va = va.DeepCopy()
 	va.Status = storagev1.VolumeAttachmentStatus{Attached: false}
-	va, err := a.client.StorageV1().VolumeAttachments().UpdateStatus(ctx, va, metav1.UpdateOptions{})
+	va, err = a.client.StorageV1().VolumeAttachments().UpdateStatus(ctx, va, metav1.UpdateOptions{})
 	if err != nil {
 		return err
 	}
-	va.Finalizers = slices.DeleteFunc(va.Finalizers, func(f string) bool { return f == fin })
-	if _, err := a.client.StorageV1().VolumeAttachments().Update(ctx, va, metav1.UpdateOptions{}); err != nil {
+	if err := dropFinalizer(ctx, a.client.StorageV1().VolumeAttachments().Patch, va.Name, va.ResourceVersion, va.Finalizers, fin); err != nil {
 		return err
 	}
 	klog.InfoS("Detached", "driver", name, "volumeAttachment", va.Name, "node", va.Spec.NodeName)
@@ -382,10 +414,32 @@ func (a *Attacher) syncPV(ctx context.Context, name string) error {
 			return nil // the VolumeAttachment's deletion queues the PV again
 		}
 	}
-	pv = pv.DeepCopy()
-	pv.Finalizers = slices.DeleteFunc(pv.Finalizers, func(f string) bool { return f == fin })
-	_, err = a.client.CoreV1().PersistentVolumes().Update(ctx, pv, metav1.UpdateOptions{})
+	return dropFinalizer(ctx, a.client.CoreV1().PersistentVolumes().Patch, pv.Name, pv.ResourceVersion, pv.Finalizers, fin)
+}
+
+// patchFunc is the Patch method of a typed client.
+type patchFunc[T any] func(ctx context.Context, name string, pt types.PatchType, data []byte, opts metav1.PatchOptions, subresources ...string) (T, error)
+
+// dropFinalizer removes fin from an object at resourceVersion rv.
+func dropFinalizer[T any](ctx context.Context, patch patchFunc[T], name, rv string, finalizers []string, fin string) error {
+	data, err := metaPatch(rv, slices.DeleteFunc(slices.Clone(finalizers), func(f string) bool { return f == fin }), nil)
+	if err != nil {
+		return err
+	}
+	_, err = patch(ctx, name, types.MergePatchType, data, metav1.PatchOptions{})
 	return err
+}
+
+// metaPatch is a JSON merge patch that sets an object's finalizers and the
+// given annotations, and applies only while the object is at resourceVersion
+// rv, as an Update of the cached copy would. Unlike that Update it writes
+// nothing else: the cache's copies lack what kube.Strip dropped.
+func metaPatch(rv string, finalizers []string, annotations map[string]string) ([]byte, error) {
+	m := map[string]any{"resourceVersion": rv, "finalizers": finalizers}
+	if annotations != nil {
+		m["annotations"] = annotations
+	}
+	return json.Marshal(map[string]any{"metadata": m})
 }
 
 // nodeID is the driver's ID of a node, from the node's CSINode.
@@ -403,47 +457,20 @@ func (a *Attacher) nodeID(driverName, node string) (string, error) {
 }
 
 func (a *Attacher) secrets(ctx context.Context, ref *corev1.SecretReference) (map[string]string, error) {
-	if ref == nil {
-		return nil, nil
-	}
-	s, err := a.client.CoreV1().Secrets(ref.Namespace).Get(ctx, ref.Name, metav1.GetOptions{})
+	s, err := kube.SecretData(ctx, a.client, ref)
 	if err != nil {
-		return nil, fmt.Errorf("controller publish secret %s/%s: %w", ref.Namespace, ref.Name, err)
+		return nil, fmt.Errorf("controller publish %w", err)
 	}
-	out := map[string]string{}
-	for k, v := range s.Data {
-		out[k] = string(v)
-	}
-	return out, nil
+	return s, nil
 }
 
-// capability is the CSI capability of a PV, as external-attacher builds it.
-func capability(pv *corev1.PersistentVolume) *csi.VolumeCapability {
-	mode := csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER
-	switch {
-	case slices.Contains(pv.Spec.AccessModes, corev1.ReadWriteMany):
-		mode = csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER
-	case slices.Contains(pv.Spec.AccessModes, corev1.ReadOnlyMany) && !slices.Contains(pv.Spec.AccessModes, corev1.ReadWriteOnce):
-		mode = csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY
-	}
-	c := &csi.VolumeCapability{AccessMode: &csi.VolumeCapability_AccessMode{Mode: mode}}
-	if pv.Spec.VolumeMode != nil && *pv.Spec.VolumeMode == corev1.PersistentVolumeBlock {
-		c.AccessType = &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}}
-	} else {
-		c.AccessType = &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: pv.Spec.CSI.FSType, MountFlags: pv.Spec.MountOptions}}
-	}
-	return c
-}
-
-func has(ctx context.Context, d driver.Driver, c csi.ControllerServiceCapability_RPC_Type) bool {
-	resp, err := d.ControllerGetCapabilities(ctx, &csi.ControllerGetCapabilitiesRequest{})
+// volumeCapability is the CSI capability of a PV, as external-attacher
+// builds it.
+func volumeCapability(pv *corev1.PersistentVolume, multiWriter bool) (*csi.VolumeCapability, error) {
+	block := pv.Spec.VolumeMode != nil && *pv.Spec.VolumeMode == corev1.PersistentVolumeBlock
+	c, err := capability.Volume(pv.Spec.AccessModes, multiWriter, block, pv.Spec.CSI.FSType, pv.Spec.MountOptions)
 	if err != nil {
-		return false
+		return nil, fmt.Errorf("PersistentVolume %s: %w", pv.Name, err)
 	}
-	for _, x := range resp.GetCapabilities() {
-		if x.GetRpc().GetType() == c {
-			return true
-		}
-	}
-	return false
+	return c, nil
 }

@@ -77,6 +77,7 @@ func newRecording(t *testing.T, d driver.Driver) *Provisioner {
 	if err != nil {
 		t.Fatal(err)
 	}
+	withCaches(t, client, p)
 	return p
 }
 

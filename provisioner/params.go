@@ -18,6 +18,8 @@ const (
 	annDeletionName = "volume.kubernetes.io/provisioner-deletion-secret-name"
 	annDeletionNS   = "volume.kubernetes.io/provisioner-deletion-secret-namespace"
 	annSelectedNode = "volume.kubernetes.io/selected-node"
+	// annProvisionedBy names the provisioner of a PV (written by the library).
+	annProvisionedBy = "pv.kubernetes.io/provisioned-by"
 	// IdentityKey is the volume attribute naming the provisioner instance.
 	IdentityKey = "storage.kubernetes.io/csiProvisionerIdentity"
 )

@@ -8,9 +8,9 @@ package provisioner
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
-	"slices"
 	"strconv"
 	"time"
 
@@ -22,12 +22,18 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	storagelisters "k8s.io/client-go/listers/storage/v1"
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/sig-storage-lib-external-provisioner/v10/controller"
 
 	"github.com/monocsi/monocsi/driver"
+	"github.com/monocsi/monocsi/internal/capability"
 	"github.com/monocsi/monocsi/internal/drain"
+	"github.com/monocsi/monocsi/internal/kube"
 	"github.com/monocsi/monocsi/internal/opmetrics"
 )
 
@@ -45,6 +51,9 @@ type Options struct {
 	VolumeNamePrefix string
 	// Timeout bounds every CSI call; 60 s when zero.
 	Timeout time.Duration
+	// Capabilities is the process's cache of drivers' capabilities, shared
+	// with the attacher; nil: one of its own.
+	Capabilities *capability.Cache
 }
 
 // Provisioner implements the library's Provisioner for one CSI driver.
@@ -53,11 +62,25 @@ type Provisioner struct {
 	client     kubernetes.Interface
 	name       string // the driver's CSI name
 	identity   string // storage.kubernetes.io/csiProvisionerIdentity
-	caps       []csi.ControllerServiceCapability_RPC_Type
+	caps       capability.Set
 	topology   bool          // the driver has VOLUME_ACCESSIBILITY_CONSTRAINTS
 	myTopology *csi.Topology // node deployment: this node's segments
 	gate       *drain.Gate   // set by Run: every CreateVolume and DeleteVolume goes through it
+	l          listers       // set by Run
 }
+
+// listers are the process's caches a provisioner reads instead of asking the
+// API server (Run sets them from its informers).
+type listers struct {
+	claims   corelisters.PersistentVolumeClaimLister
+	volumes  corelisters.PersistentVolumeLister
+	classes  storagelisters.StorageClassLister
+	csiNodes storagelisters.CSINodeLister
+	nodes    corelisters.NodeLister
+	vas      storagelisters.VolumeAttachmentLister // nil unless a driver has PUBLISH_UNPUBLISH_VOLUME
+}
+
+var everything = labels.Everything()
 
 var (
 	_ controller.Provisioner      = (*Provisioner)(nil)
@@ -84,22 +107,13 @@ func New(ctx context.Context, client kubernetes.Interface, o Options) (*Provisio
 	if o.NodeName != "" {
 		p.identity += "-" + o.NodeName
 	}
-	plugin, err := o.Driver.GetPluginCapabilities(ctx, &csi.GetPluginCapabilitiesRequest{})
-	if err != nil {
-		return nil, fmt.Errorf("GetPluginCapabilities: %w", err)
+	if o.Capabilities == nil {
+		o.Capabilities = &capability.Cache{}
 	}
-	for _, c := range plugin.GetCapabilities() {
-		if c.GetService().GetType() == csi.PluginCapability_Service_VOLUME_ACCESSIBILITY_CONSTRAINTS {
-			p.topology = true
-		}
+	if p.caps, err = o.Capabilities.Get(ctx, p.name, o.Driver); err != nil {
+		return nil, err
 	}
-	ctl, err := o.Driver.ControllerGetCapabilities(ctx, &csi.ControllerGetCapabilitiesRequest{})
-	if err != nil {
-		return nil, fmt.Errorf("ControllerGetCapabilities: %w", err)
-	}
-	for _, c := range ctl.GetCapabilities() {
-		p.caps = append(p.caps, c.GetRpc().GetType())
-	}
+	p.topology = p.caps.Plugin(csi.PluginCapability_Service_VOLUME_ACCESSIBILITY_CONSTRAINTS)
 	if !p.has(csi.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME) {
 		return nil, fmt.Errorf("driver %s cannot create volumes", p.name)
 	}
@@ -125,7 +139,7 @@ func (p *Provisioner) enter() (func(), error) {
 }
 
 func (p *Provisioner) has(c csi.ControllerServiceCapability_RPC_Type) bool {
-	return slices.Contains(p.caps, c)
+	return p.caps.Controller(c)
 }
 
 // ShouldProvision: in a node deployment, only claims scheduled to this node,
@@ -154,7 +168,7 @@ func (p *Provisioner) takeImmediate(ctx context.Context, pvc *corev1.PersistentV
 	if provisionerOf(pvc) != p.name || pvc.Spec.StorageClassName == nil {
 		return false
 	}
-	sc, err := p.client.StorageV1().StorageClasses().Get(ctx, *pvc.Spec.StorageClassName, metav1.GetOptions{})
+	sc, err := p.l.classes.Get(*pvc.Spec.StorageClassName)
 	if err != nil || sc.VolumeBindingMode != nil && *sc.VolumeBindingMode == storagev1.VolumeBindingWaitForFirstConsumer {
 		return false
 	}
@@ -172,19 +186,16 @@ func (p *Provisioner) takeImmediate(ctx context.Context, pvc *corev1.PersistentV
 		return false
 	case <-time.After(rand.N(immediateJitter)):
 	}
-	fresh, err := p.client.CoreV1().PersistentVolumeClaims(pvc.Namespace).Get(ctx, pvc.Name, metav1.GetOptions{})
-	if err != nil || fresh.UID != pvc.UID || fresh.Spec.VolumeName != "" {
+	// The claim as the cache has it, if nothing changed it since: another
+	// node that took it meanwhile made it newer, and the patch fails.
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{
+		"resourceVersion": pvc.ResourceVersion,
+		"annotations":     map[string]string{annSelectedNode: p.opts.NodeName}}})
+	if err != nil {
 		return false
 	}
-	if n := fresh.Annotations[annSelectedNode]; n != "" {
-		return n == p.opts.NodeName
-	}
-	if fresh.Annotations == nil {
-		fresh.Annotations = map[string]string{}
-	}
-	fresh.Annotations[annSelectedNode] = p.opts.NodeName
-	if _, err := p.client.CoreV1().PersistentVolumeClaims(fresh.Namespace).Update(ctx, fresh, metav1.UpdateOptions{}); err != nil {
-		klog.V(3).InfoS("Another node took the claim", "claim", klog.KObj(pvc), "error", err)
+	if _, err := p.client.CoreV1().PersistentVolumeClaims(pvc.Namespace).Patch(ctx, pvc.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		klog.V(3).InfoS("Another node took the claim, or it changed", "claim", klog.KObj(pvc), "error", err)
 		return false
 	}
 	klog.V(2).InfoS("Took claim of an Immediate-binding class", "claim", klog.KObj(pvc), "node", p.opts.NodeName)
@@ -200,9 +211,11 @@ func provisionerOf(pvc *corev1.PersistentVolumeClaim) string {
 
 // ShouldDelete: in a node deployment, only PVs accessible from this node.
 func (p *Provisioner) ShouldDelete(_ context.Context, pv *corev1.PersistentVolume) bool {
-	if p.opts.NodeName == "" {
-		return true
-	}
+	return p.opts.NodeName == "" || p.pinnedHere(pv)
+}
+
+// pinnedHere: the PV's node affinity is satisfied by this node's topology.
+func (p *Provisioner) pinnedHere(pv *corev1.PersistentVolume) bool {
 	if pv.Spec.NodeAffinity == nil || pv.Spec.NodeAffinity.Required == nil {
 		return false
 	}
@@ -212,6 +225,16 @@ func (p *Provisioner) ShouldDelete(_ context.Context, pv *corev1.PersistentVolum
 		}
 	}
 	return false
+}
+
+// owns: the PV is this driver's, as the library decides which PVs its
+// controller handles (the provisioned-by annotation, or for a PV made by
+// hand, the CSI driver).
+func (p *Provisioner) owns(pv *corev1.PersistentVolume) bool {
+	if by, ok := pv.Annotations[annProvisionedBy]; ok {
+		return by == p.name
+	}
+	return pv.Spec.CSI != nil && pv.Spec.CSI.Driver == p.name
 }
 
 // SupportsBlock: monocsi drivers declare block support through their capabilities check
@@ -317,11 +340,11 @@ func (p *Provisioner) Delete(ctx context.Context, pv *corev1.PersistentVolume) e
 		return &controller.IgnoredError{Reason: "the PV is not a volume of " + p.name}
 	}
 	if p.has(csi.ControllerServiceCapability_RPC_PUBLISH_UNPUBLISH_VOLUME) {
-		vas, err := p.client.StorageV1().VolumeAttachments().List(ctx, metav1.ListOptions{})
+		vas, err := p.l.vas.List(everything)
 		if err != nil {
 			return err
 		}
-		for _, va := range vas.Items {
+		for _, va := range vas {
 			if n := va.Spec.Source.PersistentVolumeName; n != nil && *n == pv.Name {
 				return fmt.Errorf("PV %s is still attached to node %s (VolumeAttachment %s)", pv.Name, va.Spec.NodeName, va.Name)
 			}
@@ -350,18 +373,11 @@ func (p *Provisioner) deletionSecrets(ctx context.Context, pv *corev1.Persistent
 }
 
 func (p *Provisioner) readSecret(ctx context.Context, ref *corev1.SecretReference) (map[string]string, error) {
-	if ref == nil {
-		return nil, nil
-	}
-	s, err := p.client.CoreV1().Secrets(ref.Namespace).Get(ctx, ref.Name, metav1.GetOptions{})
+	s, err := kube.SecretData(ctx, p.client, ref)
 	if err != nil {
-		return nil, fmt.Errorf("read secret %s/%s: %w", ref.Namespace, ref.Name, err)
+		return nil, fmt.Errorf("read %w", err)
 	}
-	out := make(map[string]string, len(s.Data))
-	for k, v := range s.Data {
-		out[k] = string(v)
-	}
-	return out, nil
+	return s, nil
 }
 
 // sourceVolume resolves a clone source: a bound claim of the same class in
@@ -391,7 +407,7 @@ func (p *Provisioner) contentSource(ctx context.Context, pvc *corev1.PersistentV
 	if ds.Namespace != nil && *ds.Namespace != pvc.Namespace {
 		return nil, fmt.Errorf("clone source %s/%s must be in the claim's namespace", *ds.Namespace, ds.Name)
 	}
-	src, err := p.client.CoreV1().PersistentVolumeClaims(pvc.Namespace).Get(ctx, ds.Name, metav1.GetOptions{})
+	src, err := p.claim(ctx, pvc.Namespace, ds.Name)
 	if err != nil {
 		if apierrors.IsNotFound(err) {
 			return nil, fmt.Errorf("clone source claim %s/%s not found", pvc.Namespace, ds.Name)
@@ -407,7 +423,7 @@ func (p *Provisioner) contentSource(ctx context.Context, pvc *corev1.PersistentV
 	if q, ok := src.Spec.Resources.Requests[corev1.ResourceStorage]; ok && q.Value() > size {
 		return nil, fmt.Errorf("the claim asks for %d bytes, less than its clone source %s (%s)", size, ds.Name, q.String())
 	}
-	pv, err := p.client.CoreV1().PersistentVolumes().Get(ctx, src.Spec.VolumeName, metav1.GetOptions{})
+	pv, err := p.volume(ctx, src.Spec.VolumeName)
 	if err != nil {
 		return nil, err
 	}
@@ -419,3 +435,22 @@ func (p *Provisioner) contentSource(ctx context.Context, pvc *corev1.PersistentV
 }
 
 func quantity(bytes int64) resource.Quantity { return *resource.NewQuantity(bytes, resource.BinarySI) }
+
+// claim is a claim from the cache, or from the API server when the cache
+// does not have it: a node's cache holds only the claims it provisions.
+func (p *Provisioner) claim(ctx context.Context, namespace, name string) (*corev1.PersistentVolumeClaim, error) {
+	c, err := p.l.claims.PersistentVolumeClaims(namespace).Get(name)
+	if apierrors.IsNotFound(err) {
+		return p.client.CoreV1().PersistentVolumeClaims(namespace).Get(ctx, name, metav1.GetOptions{})
+	}
+	return c, err
+}
+
+// volume is claim for PVs.
+func (p *Provisioner) volume(ctx context.Context, name string) (*corev1.PersistentVolume, error) {
+	v, err := p.l.volumes.Get(name)
+	if apierrors.IsNotFound(err) {
+		return p.client.CoreV1().PersistentVolumes().Get(ctx, name, metav1.GetOptions{})
+	}
+	return v, err
+}

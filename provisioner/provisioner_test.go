@@ -4,18 +4,25 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/sig-storage-lib-external-provisioner/v10/controller"
 
 	"github.com/monocsi/monocsi/driver/local"
+	"github.com/monocsi/monocsi/internal/kube"
 )
 
 const node = "node-a"
@@ -40,7 +47,22 @@ func newLocal(t *testing.T) (*Provisioner, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	withCaches(t, client, p)
 	return p, root
+}
+
+// withCaches gives provisioners the caches Run would, filled from client.
+func withCaches(t *testing.T, client kubernetes.Interface, provs ...*Provisioner) *kube.Informers {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	inf := kube.NewInformers(ctx, client)
+	_, filled := useCaches(inf, provs)
+	inf.Start()
+	if !cache.WaitForCacheSync(ctx.Done(), filled...) {
+		t.Fatal("caches not filled")
+	}
+	return inf
 }
 
 func options(p *Provisioner, params map[string]string) controller.ProvisionOptions {
@@ -160,5 +182,136 @@ func TestNodeDeploymentFilters(t *testing.T) {
 	}
 	if !p.ShouldDelete(context.Background(), pin(node)) || p.ShouldDelete(context.Background(), pin("node-b")) || p.ShouldDelete(context.Background(), &corev1.PersistentVolume{}) {
 		t.Error("node deployment must delete exactly the PVs pinned to its node")
+	}
+}
+
+// A node deployment's caches hold its own claims and PVs only: those of its
+// drivers scheduled to it or waiting for a node to take them, and the PVs
+// pinned to it; a claim scheduled to it later enters the cache.
+func TestNodeDeploymentCachesItsOwn(t *testing.T) {
+	p, _ := newLocal(t)
+	client := p.client.(*fake.Clientset)
+	wffc := storagev1.VolumeBindingWaitForFirstConsumer
+	claimOf := func(name, provisioner, selected, volume string) *corev1.PersistentVolumeClaim {
+		sc := "sc"
+		c := &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "ns1",
+			Annotations: map[string]string{"volume.kubernetes.io/storage-provisioner": provisioner}},
+			Spec: corev1.PersistentVolumeClaimSpec{StorageClassName: &sc, VolumeName: volume}}
+		if selected != "" {
+			c.Annotations[annSelectedNode] = selected
+		}
+		return c
+	}
+	pvOf := func(name, driver, node string) *corev1.PersistentVolume {
+		return &corev1.PersistentVolume{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: corev1.PersistentVolumeSpec{
+			PersistentVolumeSource: corev1.PersistentVolumeSource{CSI: &corev1.CSIPersistentVolumeSource{Driver: driver, VolumeHandle: name}},
+			NodeAffinity: &corev1.VolumeNodeAffinity{Required: &corev1.NodeSelector{NodeSelectorTerms: []corev1.NodeSelectorTerm{{
+				MatchExpressions: []corev1.NodeSelectorRequirement{{Key: "topology.monocsi.io/node", Operator: corev1.NodeSelectorOpIn, Values: []string{node}}}}}}}}}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for _, obj := range []runtime.Object{
+		&storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: "sc"}, Provisioner: local.DefaultName, VolumeBindingMode: &wffc},
+		claimOf("mine", local.DefaultName, node, "pv-mine"),
+		claimOf("waiting", local.DefaultName, "", ""),
+		claimOf("elsewhere", local.DefaultName, "node-b", ""),
+		claimOf("other-driver", "nfs.example.com", node, ""),
+		pvOf("pv-mine", local.DefaultName, node),
+		pvOf("pv-elsewhere", local.DefaultName, "node-b"),
+		pvOf("pv-other-driver", "nfs.example.com", node),
+	} {
+		if err := client.Tracker().Add(obj); err != nil {
+			t.Fatal(err)
+		}
+	}
+	inf := kube.NodeInformers(ctx, client, node)
+	synced := make(chan struct{})
+	done := make(chan error)
+	go func() {
+		done <- Run(ctx, client, inf, []*Provisioner{p}, prometheus.NewRegistry(), func() { close(synced) })
+	}()
+	select {
+	case <-synced:
+	case err := <-done:
+		t.Fatalf("Run: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("caches never filled")
+	}
+	claimNames := func() []string {
+		cs, _ := p.l.claims.List(everything)
+		var n []string
+		for _, c := range cs {
+			n = append(n, c.Name)
+		}
+		slices.Sort(n)
+		return n
+	}
+	if got, want := claimNames(), []string{"mine", "waiting"}; !slices.Equal(got, want) {
+		t.Errorf("cached claims %v, want %v", got, want)
+	}
+	pvs, _ := p.l.volumes.List(everything)
+	if len(pvs) != 1 || pvs[0].Name != "pv-mine" {
+		t.Errorf("cached PVs %v, want only pv-mine", pvs)
+	}
+	// Rescheduled here: it enters. Taken by another node: it leaves.
+	moved := claimOf("elsewhere", local.DefaultName, node, "")
+	taken := claimOf("waiting", local.DefaultName, "node-b", "")
+	for _, c := range []*corev1.PersistentVolumeClaim{moved, taken} {
+		if _, err := client.CoreV1().PersistentVolumeClaims("ns1").Update(ctx, c, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for deadline := time.Now().Add(10 * time.Second); !slices.Equal(claimNames(), []string{"elsewhere", "mine"}); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("cached claims %v, want [elsewhere mine]", claimNames())
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run: %v", err)
+	}
+}
+
+// A node takes a claim of an Immediate class by patching the selected-node
+// annotation onto the claim it has cached, and nothing else.
+func TestTakeImmediate(t *testing.T) {
+	p, _ := newLocal(t)
+	client := p.client.(*fake.Clientset)
+	ctx := context.Background()
+	sc := "now"
+	pvc := &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Name: "c", Namespace: "ns1", ResourceVersion: "5",
+		Annotations: map[string]string{"volume.kubernetes.io/storage-provisioner": local.DefaultName, kube.LastApplied: "{}"}},
+		Spec: corev1.PersistentVolumeClaimSpec{StorageClassName: &sc}}
+	if _, err := client.CoreV1().PersistentVolumeClaims("ns1").Create(ctx, pvc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if p.ShouldProvision(ctx, pvc) {
+		t.Error("took a claim whose class does not exist")
+	}
+	if _, err := client.StorageV1().StorageClasses().Create(ctx, &storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: sc}, Provisioner: local.DefaultName}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := p.l.classes.Get(sc); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("class never cached")
+		}
+	}
+	before := len(client.Actions())
+	if !p.ShouldProvision(ctx, pvc) {
+		t.Fatal("did not take an Immediate claim")
+	}
+	got, _ := client.CoreV1().PersistentVolumeClaims("ns1").Get(ctx, "c", metav1.GetOptions{})
+	if got.Annotations[annSelectedNode] != node || got.Annotations[kube.LastApplied] != "{}" {
+		t.Errorf("annotations after taking: %v", got.Annotations)
+	}
+	var verbs []string
+	for _, a := range client.Actions()[before:] {
+		verbs = append(verbs, a.GetVerb())
+	}
+	if !slices.Equal(verbs, []string{"patch", "get"}) && !slices.Equal(verbs, []string{"patch"}) {
+		t.Errorf("API calls %v, want one patch (the claim and class come from the cache)", verbs)
 	}
 }

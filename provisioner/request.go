@@ -11,6 +11,7 @@ import (
 	"sigs.k8s.io/sig-storage-lib-external-provisioner/v10/controller"
 
 	"github.com/monocsi/monocsi/driver"
+	"github.com/monocsi/monocsi/internal/capability"
 )
 
 // createRequest builds the CreateVolume request for a claim, as
@@ -37,13 +38,11 @@ func (p *Provisioner) createRequest(ctx context.Context, o controller.ProvisionO
 		req.CapacityRange.LimitBytes = l.Value()
 	}
 	block := pvc.Spec.VolumeMode != nil && *pvc.Spec.VolumeMode == corev1.PersistentVolumeBlock
-	multi := p.has(csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER)
+	// One capability per access mode of the claim, as external-provisioner.
 	for _, m := range pvc.Spec.AccessModes {
-		c := &csi.VolumeCapability{AccessMode: &csi.VolumeCapability_AccessMode{Mode: accessMode(m, multi)}}
-		if block {
-			c.AccessType = &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}}
-		} else {
-			c.AccessType = &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: cp.fsType, MountFlags: sc.MountOptions}}
+		c, err := capability.Volume([]corev1.PersistentVolumeAccessMode{m}, p.caps.MultiWriter(), block, cp.fsType, sc.MountOptions)
+		if err != nil {
+			return nil, nil, fmt.Errorf("claim %s/%s: %w", pvc.Namespace, pvc.Name, err)
 		}
 		req.VolumeCapabilities = append(req.VolumeCapabilities, c)
 	}
@@ -51,7 +50,7 @@ func (p *Provisioner) createRequest(ctx context.Context, o controller.ProvisionO
 		return nil, nil, err
 	}
 	if p.topology {
-		if req.AccessibilityRequirements, err = p.requirements(ctx, o); err != nil {
+		if req.AccessibilityRequirements, err = p.requirements(o); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -65,35 +64,12 @@ func (p *Provisioner) createRequest(ctx context.Context, o controller.ProvisionO
 	return req, cp, nil
 }
 
-// accessMode maps a Kubernetes access mode to CSI as external-provisioner
-// does: with SINGLE_NODE_MULTI_WRITER support, ReadWriteOnce means several
-// pods on one node may write, and ReadWriteOncePod a single writer.
-func accessMode(m corev1.PersistentVolumeAccessMode, multiWriter bool) csi.VolumeCapability_AccessMode_Mode {
-	switch m {
-	case corev1.ReadWriteOnce:
-		if multiWriter {
-			return csi.VolumeCapability_AccessMode_SINGLE_NODE_MULTI_WRITER
-		}
-		return csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER
-	case corev1.ReadWriteOncePod:
-		if multiWriter {
-			return csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER
-		}
-		return csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER
-	case corev1.ReadOnlyMany:
-		return csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY
-	case corev1.ReadWriteMany:
-		return csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER
-	}
-	return csi.VolumeCapability_AccessMode_UNKNOWN
-}
-
 // requirements builds the topology requirement: the selected node's segment
 // (late binding), else the StorageClass's allowedTopologies, else every
 // segment of the nodes running the driver.
-func (p *Provisioner) requirements(ctx context.Context, o controller.ProvisionOptions) (*csi.TopologyRequirement, error) {
+func (p *Provisioner) requirements(o controller.ProvisionOptions) (*csi.TopologyRequirement, error) {
 	if n := o.SelectedNode; n != nil {
-		keys, err := p.topologyKeys(ctx, n.Name)
+		keys, err := p.topologyKeys(n.Name)
 		if err != nil {
 			return nil, err
 		}
@@ -124,16 +100,18 @@ func (p *Provisioner) requirements(ctx context.Context, o controller.ProvisionOp
 			segs = append(segs, seg)
 		}
 	} else {
-		nodes, err := p.client.StorageV1().CSINodes().List(ctx, metav1.ListOptions{})
+		// Every node running the driver (a node deployment's cache has
+		// only its own node).
+		nodes, err := p.l.csiNodes.List(everything)
 		if err != nil {
 			return nil, err
 		}
-		for _, cn := range nodes.Items {
+		for _, cn := range nodes {
 			for _, d := range cn.Spec.Drivers {
 				if d.Name != p.name {
 					continue
 				}
-				node, err := p.client.CoreV1().Nodes().Get(ctx, cn.Name, metav1.GetOptions{})
+				node, err := p.l.nodes.Get(cn.Name)
 				if err != nil {
 					continue
 				}
@@ -158,8 +136,8 @@ func (p *Provisioner) requirements(ctx context.Context, o controller.ProvisionOp
 }
 
 // topologyKeys are the keys the node's kubelet registered for the driver.
-func (p *Provisioner) topologyKeys(ctx context.Context, node string) ([]string, error) {
-	cn, err := p.client.StorageV1().CSINodes().Get(ctx, node, metav1.GetOptions{})
+func (p *Provisioner) topologyKeys(node string) ([]string, error) {
+	cn, err := p.l.csiNodes.Get(node)
 	if err != nil {
 		return nil, fmt.Errorf("CSINode %s: %w", node, err)
 	}

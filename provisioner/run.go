@@ -7,9 +7,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/prometheus/client_golang/prometheus"
-	"k8s.io/client-go/informers"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/sig-storage-lib-external-provisioner/v10/controller"
@@ -17,6 +19,7 @@ import (
 
 	"github.com/monocsi/monocsi/driver"
 	"github.com/monocsi/monocsi/internal/drain"
+	"github.com/monocsi/monocsi/internal/kube"
 )
 
 // Workers is how many claims each driver's controller handles at once
@@ -28,16 +31,20 @@ const Workers = 100
 var libMetrics = metrics.New("controller")
 
 // Run runs one ProvisionController per provisioner until ctx is done. All of
-// them share one informer cache of claims, volumes and classes: one copy of
-// the cluster's PVCs per process, not per driver. The library's own leader
-// election is off: a process elects once for all its drivers (or, in a node
-// deployment, needs none). synced, if set, is called once the caches are
-// filled and the controllers run.
+// them read the process's informers (inf, the caller's, shared with the
+// other roles): one copy of each kind per process, not per driver or role.
+// In a node deployment (provisioners with a NodeName), the claim and PV
+// informers keep only what the node provisions or deletes (nodeClaims,
+// nodeVolumes), so a node's memory grows with its own volumes, not the
+// cluster's; Run must then set them up itself, before anything requests them.
+// The library's own leader election is off: a process elects once for all
+// its drivers (or, in a node deployment, needs none). synced, if set, is
+// called once the caches are filled and the controllers run.
 //
 // Run returns only after every CSI call it started has returned: a replica
 // giving up its Lease must not act beside the next leader. The library's
 // metrics are registered in reg; the caller registers opmetrics.Operations.
-func Run(ctx context.Context, client kubernetes.Interface, provs []*Provisioner, reg prometheus.Registerer, synced func()) error {
+func Run(ctx context.Context, client kubernetes.Interface, inf *kube.Informers, provs []*Provisioner, reg prometheus.Registerer, synced func()) error {
 	m := libMetrics
 	for _, c := range []prometheus.Collector{
 		m.PersistentVolumeClaimProvisionTotal, m.PersistentVolumeClaimProvisionFailedTotal, m.PersistentVolumeClaimProvisionDurationSeconds,
@@ -47,11 +54,24 @@ func Run(ctx context.Context, client kubernetes.Interface, provs []*Provisioner,
 			return err
 		}
 	}
+	if len(provs) == 0 { // nothing to provision: no cache either
+		if synced != nil {
+			synced()
+		}
+		<-ctx.Done()
+		return nil
+	}
+	if err := nodeFilters(inf, provs); err != nil {
+		return err
+	}
+	l, filled := useCaches(inf, provs)
+	core := inf.Core().V1()
+	claims := &libInformer{SharedIndexInformer: core.PersistentVolumeClaims().Informer()}
+	volumes := &libInformer{SharedIndexInformer: core.PersistentVolumes().Informer()}
+	defer claims.removeHandlers()
+	defer volumes.removeHandlers()
+	classes := inf.Storage().V1().StorageClasses().Informer()
 	gate := &drain.Gate{}
-	factory := informers.NewSharedInformerFactory(client, 15*time.Minute)
-	claims := factory.Core().V1().PersistentVolumeClaims().Informer()
-	volumes := factory.Core().V1().PersistentVolumes().Informer()
-	classes := factory.Storage().V1().StorageClasses().Informer()
 	var ctrls []*controller.ProvisionController
 	for _, p := range provs {
 		p.gate = gate
@@ -68,15 +88,16 @@ func Run(ctx context.Context, client kubernetes.Interface, provs []*Provisioner,
 			controller.ClaimsInformer(claims),
 			controller.VolumesInformer(volumes),
 			controller.ClassesInformer(classes),
+			controller.NodesLister(l.nodes),
 		))
 	}
-	factory.Start(ctx.Done())
+	inf.Start()
 	var running sync.WaitGroup
 	for i, c := range ctrls {
 		klog.InfoS("Starting provisioner", "driver", provs[i].Name(), "node", provs[i].opts.NodeName)
 		running.Go(func() { c.Run(ctx) })
 	}
-	if factory.WaitForCacheSync(ctx.Done()); ctx.Err() == nil && synced != nil {
+	if cache.WaitForCacheSync(ctx.Done(), filled...) && synced != nil {
 		synced()
 	}
 	<-ctx.Done()
@@ -85,8 +106,141 @@ func Run(ctx context.Context, client kubernetes.Interface, provs []*Provisioner,
 	gate.Close()
 	err := drainDrivers(provs)
 	running.Wait()
-	factory.Shutdown()
 	return err
+}
+
+// useCaches requests the informers the provisioners read, gives them their
+// listers, and returns the listers and what tells that they are filled.
+func useCaches(inf *kube.Informers, provs []*Provisioner) (listers, []cache.InformerSynced) {
+	core, storage := inf.Core().V1(), inf.Storage().V1()
+	l := listers{
+		claims: core.PersistentVolumeClaims().Lister(), volumes: core.PersistentVolumes().Lister(),
+		classes: storage.StorageClasses().Lister(), csiNodes: storage.CSINodes().Lister(), nodes: core.Nodes().Lister(),
+	}
+	filled := []cache.InformerSynced{core.PersistentVolumeClaims().Informer().HasSynced, core.PersistentVolumes().Informer().HasSynced,
+		storage.StorageClasses().Informer().HasSynced, storage.CSINodes().Informer().HasSynced, core.Nodes().Informer().HasSynced}
+	for _, p := range provs {
+		// Delete waits for a driver's attachments to go; only then are
+		// VolumeAttachments watched (the node role may not read them).
+		if p.caps.Controller(csi.ControllerServiceCapability_RPC_PUBLISH_UNPUBLISH_VOLUME) && l.vas == nil {
+			l.vas = storage.VolumeAttachments().Lister()
+			filled = append(filled, storage.VolumeAttachments().Informer().HasSynced)
+		}
+	}
+	for _, p := range provs {
+		p.l = l
+	}
+	return l, filled
+}
+
+// nodeFilters sets up a node deployment's claim and PV informers.
+func nodeFilters(inf *kube.Informers, provs []*Provisioner) error {
+	node := provs[0].opts.NodeName
+	for _, p := range provs {
+		if p.opts.NodeName != node {
+			return fmt.Errorf("provisioners of nodes %q and %q in one process", node, p.opts.NodeName)
+		}
+	}
+	if node == "" {
+		return nil
+	}
+	if err := inf.FilterClaims(nodeClaims(node, provs)); err != nil {
+		return err
+	}
+	return inf.FilterVolumes(nodeVolumes(provs))
+}
+
+// nodeClaims is what a node deployment keeps of claims: those of its drivers
+// scheduled to the node (the selected-node annotation), and those of its
+// drivers no scheduler places (no selected node: Immediate binding, see
+// takeImmediate). A claim scheduled elsewhere, taken by another node, or of
+// another driver is dropped.
+func nodeClaims(node string, provs []*Provisioner) func(*corev1.PersistentVolumeClaim) bool {
+	mine := map[string]bool{}
+	for _, p := range provs {
+		mine[p.name] = true
+	}
+	return func(c *corev1.PersistentVolumeClaim) bool {
+		if !mine[provisionerOf(c)] {
+			return false
+		}
+		sel := c.Annotations[annSelectedNode]
+		return sel == node || sel == ""
+	}
+}
+
+// nodeVolumes is what a node deployment keeps of PVs: those of its drivers
+// that it would delete (ShouldDelete: node affinity this node's topology
+// satisfies), the node's own volumes. The library adds and removes its
+// finalizer on exactly these.
+func nodeVolumes(provs []*Provisioner) func(*corev1.PersistentVolume) bool {
+	return func(pv *corev1.PersistentVolume) bool {
+		for _, p := range provs {
+			if p.owns(pv) && p.pinnedHere(pv) {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+// libInformer hands one of the process's informers to a library controller.
+// The library adds its claim UID index to every informer it is given: an
+// index another controller added first (one per driver, or an earlier start
+// of the leader's work) is no conflict. The event handlers it adds are
+// removed when Run returns: the informer outlives the controller.
+type libInformer struct {
+	cache.SharedIndexInformer
+	mu   sync.Mutex
+	regs []cache.ResourceEventHandlerRegistration
+}
+
+func (i *libInformer) AddIndexers(ix cache.Indexers) error {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	have := i.GetIndexer().GetIndexers()
+	missing := cache.Indexers{}
+	for name, f := range ix {
+		if _, ok := have[name]; !ok {
+			missing[name] = f
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	return i.SharedIndexInformer.AddIndexers(missing)
+}
+
+func (i *libInformer) AddEventHandler(h cache.ResourceEventHandler) (cache.ResourceEventHandlerRegistration, error) {
+	return i.record(i.SharedIndexInformer.AddEventHandler(h))
+}
+
+func (i *libInformer) AddEventHandlerWithResyncPeriod(h cache.ResourceEventHandler, resync time.Duration) (cache.ResourceEventHandlerRegistration, error) {
+	return i.record(i.SharedIndexInformer.AddEventHandlerWithResyncPeriod(h, resync))
+}
+
+func (i *libInformer) AddEventHandlerWithOptions(h cache.ResourceEventHandler, o cache.HandlerOptions) (cache.ResourceEventHandlerRegistration, error) {
+	return i.record(i.SharedIndexInformer.AddEventHandlerWithOptions(h, o))
+}
+
+func (i *libInformer) record(r cache.ResourceEventHandlerRegistration, err error) (cache.ResourceEventHandlerRegistration, error) {
+	if err == nil {
+		i.mu.Lock()
+		i.regs = append(i.regs, r)
+		i.mu.Unlock()
+	}
+	return r, err
+}
+
+func (i *libInformer) removeHandlers() {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	for _, r := range i.regs {
+		if err := i.RemoveEventHandler(r); err != nil {
+			klog.V(4).InfoS("Removing an event handler", "err", err)
+		}
+	}
+	i.regs = nil
 }
 
 // DrainTimeout bounds the wait for work that cancelled driver calls left

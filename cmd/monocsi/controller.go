@@ -17,6 +17,7 @@ import (
 	"github.com/monocsi/monocsi/driver/flex"
 	"github.com/monocsi/monocsi/driver/flex/supervisor"
 	"github.com/monocsi/monocsi/health"
+	"github.com/monocsi/monocsi/internal/capability"
 	"github.com/monocsi/monocsi/internal/kube"
 	"github.com/monocsi/monocsi/internal/leader"
 	"github.com/monocsi/monocsi/internal/opmetrics"
@@ -88,9 +89,14 @@ func runController(ctx context.Context, args []string) error {
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 		g.Go(func() error { return health.Serve(ctx, *httpEndpoint, mux) })
 	}
+	// One cache of the cluster and of drivers' capabilities for every role
+	// of the process. The informers start with the leader's work (a standby
+	// caches nothing) and run until the process ends, across retried starts.
+	inf := kube.NewInformers(ctx, client)
+	caps := &capability.Cache{}
 	// work returns only when every worker has: the Lease is released after.
 	work := func(ctx context.Context, acting func()) error {
-		provs, err := provisioners(ctx, client, central, "", *extraMetadata)
+		provs, err := provisioners(ctx, client, caps, central, "", *extraMetadata)
 		if err != nil {
 			return err
 		}
@@ -104,7 +110,7 @@ func runController(ctx context.Context, args []string) error {
 		}
 		// FlexVolume drivers that attach are attached here, as the
 		// kube-controller-manager did: the executables must be on this node.
-		att := attacher.New(client)
+		att := attacher.New(client, inf, caps)
 		g, ctx := errgroup.WithContext(ctx)
 		g.Go(func() error { return att.Run(ctx, 10, synced) })
 		g.Go(func() error {
@@ -119,7 +125,7 @@ func runController(ctx context.Context, args []string) error {
 				return nil
 			})
 		})
-		g.Go(func() error { return provisioner.Run(ctx, client, provs, reg, synced) })
+		g.Go(func() error { return provisioner.Run(ctx, client, inf, provs, reg, synced) })
 		return g.Wait()
 	}
 	g.Go(func() error {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/monocsi/monocsi/driver/local"
 	"github.com/monocsi/monocsi/driver/nfs"
+	"github.com/monocsi/monocsi/internal/capability"
 	"github.com/monocsi/monocsi/internal/version"
 	"github.com/monocsi/monocsi/nodeplugin"
 	"github.com/monocsi/monocsi/provisioner"
@@ -91,8 +92,9 @@ func (f *driverFlags) build(names []string) ([]nodeplugin.Plugin, error) {
 }
 
 // provisioners writes the CSIDriver object of each plugin and returns its
-// provisioner; nodeName makes them node deployments.
-func provisioners(ctx context.Context, client kubernetes.Interface, plugins []nodeplugin.Plugin, nodeName string, extraMetadata bool) ([]*provisioner.Provisioner, error) {
+// provisioner; nodeName makes them node deployments. caps is the process's
+// cache of drivers' capabilities.
+func provisioners(ctx context.Context, client kubernetes.Interface, caps *capability.Cache, plugins []nodeplugin.Plugin, nodeName string, extraMetadata bool) ([]*provisioner.Provisioner, error) {
 	var provs []*provisioner.Provisioner
 	for _, p := range plugins {
 		if dec, ok := p.Driver.(driver.Declarer); ok {
@@ -100,7 +102,7 @@ func provisioners(ctx context.Context, client kubernetes.Interface, plugins []no
 				return nil, err
 			}
 		}
-		prov, err := provisioner.New(ctx, client, provisioner.Options{Driver: p.Driver, NodeName: nodeName, ExtraCreateMetadata: extraMetadata})
+		prov, err := provisioner.New(ctx, client, provisioner.Options{Driver: p.Driver, NodeName: nodeName, ExtraCreateMetadata: extraMetadata, Capabilities: caps})
 		if err != nil {
 			return nil, fmt.Errorf("provisioner for %s: %w", p.Name, err)
 		}

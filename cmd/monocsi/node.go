@@ -16,6 +16,7 @@ import (
 
 	"github.com/monocsi/monocsi/driver/flex/supervisor"
 	"github.com/monocsi/monocsi/health"
+	"github.com/monocsi/monocsi/internal/capability"
 	"github.com/monocsi/monocsi/internal/kube"
 	"github.com/monocsi/monocsi/internal/opmetrics"
 	"github.com/monocsi/monocsi/nodeplugin"
@@ -95,13 +96,15 @@ func runNode(ctx context.Context, args []string) error {
 				local = append(local, p)
 			}
 		}
+		// The node's one cache: only its own Node, CSINode, claims and PVs.
+		inf := kube.NodeInformers(ctx, client, df.nodeID)
 		// The API server may be unreachable when a node boots: keep serving
 		// the kubelet (existing volumes must mount) and retry until it answers.
 		g.Go(func() error {
 			for wait := time.Second; ; wait = min(2*wait, time.Minute) {
-				provs, err := provisioners(ctx, client, local, df.nodeID, *extraMetadata)
+				provs, err := provisioners(ctx, client, &capability.Cache{}, local, df.nodeID, *extraMetadata)
 				if err == nil {
-					return provisioner.Run(ctx, client, provs, reg, nil)
+					return provisioner.Run(ctx, client, inf, provs, reg, nil)
 				}
 				klog.ErrorS(err, "Cannot start provisioning yet; retrying", "in", wait)
 				select {
