@@ -8,6 +8,7 @@ package flex
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -122,7 +123,7 @@ func New(ctx context.Context, c Config) (*Driver, error) {
 	}
 	r, err := d.call(ctx, d.timeout, "init")
 	if err != nil {
-		return nil, fmt.Errorf("flex driver %s: init: %s", c.Name, status.Convert(err).Message())
+		return nil, errors.New(status.Convert(err).Message()) // already "flex driver <name>: init: ..."
 	}
 	// Left out, attach means true: the kubelet's default.
 	d.attach = r.Capabilities == nil || r.Capabilities.Attach == nil || *r.Capabilities.Attach
