@@ -1,17 +1,20 @@
-// Command provision benchmarks the embedded provisioner on the test cluster
-// (make bench): it creates N claims at once, records each claim's time to
-// Bound and the time until all are Bound, deletes them and records the time
-// until every PV and volume directory is gone, and reads the peak RSS of the
-// monocsi processes. As a floor it then creates N PVs and pre-bound claims
-// with a bare client (no provisioner involved) and times the same steps.
-// Results are written to BENCHMARKS.md.
+// Command provision benchmarks monocsi on the test cluster (make bench): the
+// memory of its node and controller processes idle, with 200 volumes of
+// each role, and with 1,000 and 5,000 volumes of other nodes and drivers in
+// the cluster; the provisioning of N claims at once per driver (time to
+// Bound, deletion with its stages) against a floor of N PVs and pre-bound
+// claims bound by the PV controller alone; and the binary's size. Results
+// are written to BENCHMARKS.md and, as JSON, for a later run to compare
+// against (-baseline).
 package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"sort"
@@ -35,10 +38,38 @@ import (
 
 const (
 	ns       = "default"
-	parallel = 50
+	inFlight = 50
 	// The nfs driver's share, served by the test cluster's NFS emulation.
 	nfsServer, nfsShare = "127.0.0.1", "/exports/bench"
 )
+
+// The memory phases, in the order of the run.
+const (
+	phaseIdle      = "idle"
+	phaseIdleLater = "idle, 2 minutes later"
+	idleLater      = 2 * time.Minute
+	phaseLocal     = "200 local volumes"
+	phaseNFS       = "200 nfs volumes"
+	settleLeast    = 20 * time.Second
+	settleMost     = 2 * time.Minute
+	quietMost      = 5 * time.Minute
+	deletionLimit  = 10 * time.Minute
+)
+
+// The memory phases with volumes of other nodes and drivers: 1,000 and
+// 5,000 by default.
+var (
+	phaseOther1k = otherPhase(1000)
+	phaseOther5k = otherPhase(5000)
+)
+
+func otherPhase(n int) string {
+	s := fmt.Sprint(n)
+	if n >= 1000 {
+		s = fmt.Sprintf("%d,%03d", n/1000, n%1000)
+	}
+	return s + " volumes of other nodes and drivers"
+}
 
 // target is one driver under measurement.
 type target struct {
@@ -47,92 +78,244 @@ type target struct {
 	params        map[string]string
 	root          string // where its volume directories (pvc-*) appear on the host
 	what          string // how it provisions, for the report
+	phase         string // the memory phase measured while its volumes exist
 }
 
 func main() {
 	n := flag.Int("n", 200, "number of claims")
 	out := flag.String("out", "BENCHMARKS.md", "where to write the results")
+	js := flag.String("json", "", "where to write the results as JSON too (for -baseline of a later run)")
+	baseline := flag.String("baseline", "", "JSON results of an earlier run to report beside these (\"before\")")
+	other := flag.Int("other", 5000, "volumes of other nodes and drivers to create at the end (a fifth of them first); 0: none")
+	keepLogs := flag.String("keep-logs", "", "copy the cluster's component and pod logs into this directory before stopping it")
+	render := flag.String("render", "", "write the report from these JSON results instead of running the benchmark")
 	flag.Parse()
-	if err := run(*n, *out); err != nil {
+	var base *Results
+	if *baseline != "" {
+		var err error
+		if base, err = readResults(*baseline); err != nil {
+			fmt.Fprintln(os.Stderr, "bench: baseline:", err)
+			os.Exit(1)
+		}
+	}
+	var res *Results
+	var err error
+	if *render != "" {
+		res, err = readResults(*render)
+	} else {
+		res, err = run(*n, *other, *keepLogs)
+	}
+	if err == nil && *js != "" && *render == "" {
+		var b []byte
+		if b, err = json.MarshalIndent(res, "", "  "); err == nil {
+			err = os.WriteFile(*js, append(b, '\n'), 0o644)
+		}
+	}
+	if err == nil {
+		err = report(*out, res, base)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-type result struct {
-	target            target
-	allBound, deleted time.Duration
-	perClaim          []time.Duration
-	toPV              []time.Duration // claim created → PV created (provisioner latency)
-	rssPeakKB         map[string]int
+func readResults(file string) (*Results, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	r := &Results{}
+	return r, json.Unmarshal(b, r)
 }
 
-func run(n int, out string) (err error) {
+// Results are one run's figures.
+type Results struct {
+	Date        string      `json:"date"`
+	Commit      string      `json:"commit"` // git describe of the tree benchmarked
+	Machine     string      `json:"machine"`
+	K8sVersion  string      `json:"k8sVersion"`
+	N           int         `json:"n"`
+	BinaryBytes int64       `json:"binaryBytes"` // the linux/amd64 binary the cluster ran
+	Memory      []MemPhase  `json:"memory"`
+	Targets     []*result   `json:"targets"`
+	Floor       *result     `json:"floor"`
+	Other       OtherResult `json:"other"`
+	SizeTable   string      `json:"sizeTable"`
+	// Disturbed says when another test cluster ran beside this one.
+	Disturbed string `json:"disturbed,omitempty"`
+}
+
+// OtherResult is how the volumes of other nodes and drivers went in.
+type OtherResult struct {
+	Created float64 `json:"createdSeconds"` // creating all of them, bound
+	Changes int     `json:"changes"`        // updates seen after the bench's own writes began, by anyone
+}
+
+// Phase returns the memory phase called name.
+func (r *Results) Phase(name string) *MemPhase {
+	for i := range r.Memory {
+		if r.Memory[i].Name == name {
+			return &r.Memory[i]
+		}
+	}
+	return nil
+}
+
+type result struct {
+	Driver   string   `json:"driver"`
+	What     string   `json:"what"`
+	AllBound float64  `json:"allBound"`
+	P50      float64  `json:"p50"`
+	P99      float64  `json:"p99"`
+	ToPV50   float64  `json:"toPV50"` // claim created → PV object created
+	ToPV99   float64  `json:"toPV99"`
+	Deleted  float64  `json:"deleted"` // claims deleted → every PV and directory gone
+	Stages   []Stage  `json:"stages"`
+	Evidence Evidence `json:"evidence"`
+}
+
+func run(n, other int, keepLogs string) (res *Results, err error) {
 	ctx := context.Background()
+	host, _ := os.Hostname()
+	res = &Results{Date: time.Now().UTC().Format("2006-01-02 15:04 MST"), Commit: commit(), N: n, K8sVersion: cluster.K8sVersion,
+		Machine: fmt.Sprintf("%s, %d CPUs, %s", host, runtime.NumCPU(), runtime.GOARCH)}
 	images, err := cluster.BuildImages(os.Stdout)
 	if err != nil {
-		return err
+		return nil, err
+	}
+	if err := waitAlone(time.Hour); err != nil {
+		return nil, err
+	}
+	if st, err := os.Stat(filepath.Join(cluster.RepoRoot(), "bin", "linux-amd64", "monocsi")); err == nil {
+		res.BinaryBytes = st.Size()
+	}
+	if res.SizeTable, err = imagebuild.ArchiveSizeTable(cluster.MonocsiArchive()); err != nil {
+		return nil, err
 	}
 	dir, err := os.MkdirTemp("", "monocsi-bench-")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	c, err := cluster.Start(ctx, cluster.Options{Dir: dir, Images: images, Log: os.Stdout})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer func() {
+		if keepLogs != "" {
+			copyLogs(c, keepLogs)
+		}
 		if stopErr := c.Stop(err != nil); stopErr != nil && err == nil {
 			err = stopErr
 		}
 	}()
+	ours := map[string]bool{}
+	for _, p := range c.Procs {
+		ours[strconv.Itoa(p.PID)] = true
+	}
+	stopWatch, watchDone := make(chan struct{}), make(chan struct{})
+	defer func() { close(stopWatch); <-watchDone }()
+	go func() {
+		defer close(watchDone)
+		for {
+			select {
+			case <-stopWatch:
+				return
+			case <-time.After(5 * time.Second):
+			}
+			for _, pid := range kubelets() {
+				if !ours[pid] && res.Disturbed == "" {
+					res.Disturbed = fmt.Sprintf("another test cluster's kubelet (pid %s) ran from %s on", pid, time.Now().Format("15:04:05"))
+					fmt.Println("!!!", res.Disturbed)
+				}
+			}
+		}
+	}()
 	if err := c.InstallMonocsi(ctx); err != nil {
-		return err
+		return nil, err
 	}
 	cfg, err := clientcmd.BuildConfigFromFlags("", c.Kubeconfig)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	cfg.QPS, cfg.Burst = 1000, 2000 // the bench client must not be the bottleneck
 	kube := kubernetes.NewForConfigOrDie(cfg)
+	mem := func(name string) { res.Memory = append(res.Memory, settle(c.APIPort, name, settleLeast, settleMost)) }
+	fmt.Println("==> memory, idle")
+	mem(phaseIdle)
+	// This VM's kernel pages out memory no one touched for a minute
+	// (DAMON): a second look shows the pages the idle roles keep using.
+	time.Sleep(idleLater)
+	res.Memory = append(res.Memory, MemPhase{Name: phaseIdleLater, Procs: sampleMem(c.APIPort)})
 	targets := []target{
-		{driver: "local.csi.monocsi.io", class: "bench-local", mode: storagev1.VolumeBindingWaitForFirstConsumer, root: c.LocalRoot(),
+		{driver: "local.csi.monocsi.io", class: "bench-local", mode: storagev1.VolumeBindingWaitForFirstConsumer, root: c.LocalRoot(), phase: phaseLocal,
 			what: "node role, node-deployment mode; claims carry the selected-node annotation the scheduler would set"},
-		{driver: "nfs.csi.monocsi.io", class: "bench-nfs", mode: storagev1.VolumeBindingImmediate,
+		{driver: "nfs.csi.monocsi.io", class: "bench-nfs", mode: storagev1.VolumeBindingImmediate, phase: phaseNFS,
 			params: map[string]string{"server": nfsServer, "share": nfsShare}, root: filepath.Join(c.NFSRoot(), nfsServer, nfsShare),
 			what: "controller role under its Lease; every volume is a mount of the share, a mkdir and an unmount (test/nfsemu's emulated server)"},
 	}
 	if err := os.MkdirAll(targets[1].root, 0o777); err != nil {
-		return err
+		return nil, err
 	}
-	var ours []*result
+	podLogs := filepath.Join(c.Dir, "pod-logs")
+	var tmpl *templates
 	for _, tg := range targets {
 		del := corev1.PersistentVolumeReclaimDelete
 		if _, err := kube.StorageV1().StorageClasses().Create(ctx, &storagev1.StorageClass{
 			ObjectMeta: metav1.ObjectMeta{Name: tg.class}, Provisioner: tg.driver, Parameters: tg.params, VolumeBindingMode: &tg.mode, ReclaimPolicy: &del,
 		}, metav1.CreateOptions{}); err != nil {
-			return err
+			return nil, err
 		}
 		fmt.Printf("==> monocsi, %s: %d claims\n", tg.driver, n)
-		res, err := provisioned(ctx, kube, tg, n)
+		r, err := provisioned(ctx, kube, tg, n, func(names []string) error {
+			if tmpl == nil {
+				var err error
+				if tmpl, err = captureTemplates(ctx, kube, names[0]); err != nil {
+					return err
+				}
+			}
+			mem(tg.phase)
+			return nil
+		}, func(from, to time.Time) Evidence { return evidence(ctx, kube, c.Logs, podLogs, from, to) })
 		if err != nil {
-			return err
+			return nil, err
 		}
-		ours = append(ours, res)
+		res.Targets = append(res.Targets, r)
 	}
 	fmt.Printf("==> floor: %d PVs and pre-bound claims from a bare client\n", n)
-	floor, err := bare(ctx, kube, n)
-	if err != nil {
-		return err
+	if res.Floor, err = bare(ctx, kube, n, func(from, to time.Time) Evidence { return evidence(ctx, kube, c.Logs, podLogs, from, to) }); err != nil {
+		return nil, err
 	}
-	return report(out, n, ours, floor)
+	start := time.Now()
+	for _, step := range []struct {
+		from, to int
+		phase    string
+	}{{0, other / 5, otherPhase(other / 5)}, {other / 5, other, otherPhase(other)}} {
+		if step.to == step.from {
+			continue
+		}
+		fmt.Printf("==> %d volumes of other nodes and drivers, bound through the API\n", step.to-step.from)
+		if err := otherVolumes(ctx, kube, tmpl, step.from, step.to); err != nil {
+			return nil, err
+		}
+		changes, err := quiet(ctx, kube, step.to, quietMost)
+		if err != nil {
+			return nil, err
+		}
+		res.Other.Changes += changes
+		fmt.Printf("    created in %s, %d later changes\n", time.Since(start).Round(time.Second), changes)
+		mem(step.phase)
+	}
+	res.Other.Created = time.Since(start).Seconds()
+	return res, nil
 }
 
 // provisioned measures claims provisioned by monocsi. Claims of a
 // WaitForFirstConsumer class carry the selected-node annotation the scheduler
 // would set for their pods, so the measurement is the provisioner's, not the
-// scheduler's.
-func provisioned(ctx context.Context, kube kubernetes.Interface, tg target, n int) (*result, error) {
+// scheduler's. whileBound runs once every claim is Bound, before the
+// deletion.
+func provisioned(ctx context.Context, kube kubernetes.Interface, tg target, n int, whileBound func([]string) error, ev func(from, to time.Time) Evidence) (*result, error) {
 	tr := track(kube)
 	defer tr.stop()
 	names := numbered(tg.class, n)
@@ -148,32 +331,41 @@ func provisioned(ctx context.Context, kube kubernetes.Interface, tg target, n in
 	if err != nil {
 		return nil, err
 	}
+	var toPV []time.Duration
 	tr.mu.Lock()
 	for _, name := range names {
-		res.toPV = append(res.toPV, tr.pv[name].Sub(created[name]))
+		toPV = append(toPV, tr.pv[name].Sub(created[name]))
 	}
 	tr.mu.Unlock()
-	res.rssPeakKB = peakRSS()
-	fmt.Printf("    all Bound after %s; peak RSS %v kB\n", res.allBound.Round(time.Millisecond), res.rssPeakKB)
+	res.ToPV50, res.ToPV99 = percentile(toPV, .5), percentile(toPV, .99)
+	fmt.Printf("    all Bound after %.2f s\n", res.AllBound)
+	if err := whileBound(names); err != nil {
+		return nil, err
+	}
 
+	dt := traceDeletes(kube)
 	start := time.Now()
 	if err := forEach(names, func(name string) error {
 		return kube.CoreV1().PersistentVolumeClaims(ns).Delete(ctx, name, metav1.DeleteOptions{})
 	}); err != nil {
 		return nil, err
 	}
-	if err := waitGone(ctx, kube, tg.root, 10*time.Minute); err != nil {
+	if err := waitGone(ctx, kube, tg.root, deletionLimit); err != nil {
 		return nil, err
 	}
-	res.deleted = time.Since(start)
-	res.target = tg
-	fmt.Printf("    all PVs and directories gone after %s\n", res.deleted.Round(time.Millisecond))
+	end := time.Now()
+	res.Deleted = end.Sub(start).Seconds()
+	res.Stages = dt.stages(names, start, true)
+	res.Driver, res.What = tg.driver, tg.what
+	fmt.Printf("    all PVs and directories gone after %.2f s\n", res.Deleted)
+	printStages(res.Stages)
+	res.Evidence = ev(start, end)
 	return res, nil
 }
 
 // bare measures the floor: the same number of PVs and claims bound by the
 // PV controller alone, created with a bare client.
-func bare(ctx context.Context, kube kubernetes.Interface, n int) (*result, error) {
+func bare(ctx context.Context, kube kubernetes.Interface, n int, ev func(from, to time.Time) Evidence) (*result, error) {
 	tr := track(kube)
 	defer tr.stop()
 	names := numbered("floor", n)
@@ -195,7 +387,8 @@ func bare(ctx context.Context, kube kubernetes.Interface, n int) (*result, error
 	if err != nil {
 		return nil, err
 	}
-	fmt.Printf("    all Bound after %s\n", res.allBound.Round(time.Millisecond))
+	fmt.Printf("    all Bound after %.2f s\n", res.AllBound)
+	dt := traceDeletes(kube)
 	start := time.Now()
 	if err := forEach(names, func(name string) error {
 		if err := kube.CoreV1().PersistentVolumeClaims(ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
@@ -205,12 +398,22 @@ func bare(ctx context.Context, kube kubernetes.Interface, n int) (*result, error
 	}); err != nil {
 		return nil, err
 	}
-	if err := waitGone(ctx, kube, "", 10*time.Minute); err != nil {
+	if err := waitGone(ctx, kube, "", deletionLimit); err != nil {
 		return nil, err
 	}
-	res.deleted = time.Since(start)
-	fmt.Printf("    all PVs gone after %s\n", res.deleted.Round(time.Millisecond))
+	end := time.Now()
+	res.Deleted = end.Sub(start).Seconds()
+	res.Stages = dt.stages(names, start, false)
+	fmt.Printf("    all PVs gone after %.2f s\n", res.Deleted)
+	printStages(res.Stages)
+	res.Evidence = ev(start, end)
 	return res, nil
+}
+
+func printStages(st []Stage) {
+	for _, s := range st {
+		fmt.Printf("    %-22s n=%d first %.2f s, median %.2f s, last %.2f s\n", s.Name, s.N, s.First, s.P50, s.Last)
+	}
 }
 
 func numbered(prefix string, n int) []string {
@@ -246,32 +449,51 @@ func bindAll(tr *tracker, names []string, create func(string) error) (*result, m
 	}); err != nil {
 		return nil, nil, err
 	}
-	bound, err := tr.waitBound(names, 10*time.Minute)
+	bound, err := tr.waitBound(names, deletionLimit)
 	if err != nil {
 		return nil, nil, err
 	}
-	res := &result{allBound: time.Since(start)}
+	res := &result{AllBound: time.Since(start).Seconds()}
+	var perClaim []time.Duration
 	for _, name := range names {
-		res.perClaim = append(res.perClaim, bound[name].Sub(created[name]))
+		perClaim = append(perClaim, bound[name].Sub(created[name]))
 	}
+	res.P50, res.P99 = percentile(perClaim, .5), percentile(perClaim, .99)
 	return res, created, nil
 }
 
-// forEach runs f for every name, parallel at a time; the first error wins.
+// forEach runs f for every name, inFlight at a time; the first error wins.
 func forEach(names []string, f func(string) error) error {
-	sem := make(chan struct{}, parallel)
+	return parallel(len(names), func(i int) error {
+		if err := f(names[i]); err != nil {
+			return fmt.Errorf("%s: %w", names[i], err)
+		}
+		return nil
+	})
+}
+
+// parallel runs f(0) … f(n-1), inFlight at a time; the first error wins and
+// stops what has not started.
+func parallel(n int, f func(int) error) error {
+	sem := make(chan struct{}, inFlight)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var first error
-	for _, name := range names {
+	for i := range n {
+		mu.Lock()
+		failed := first != nil
+		mu.Unlock()
+		if failed {
+			break
+		}
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			if err := f(name); err != nil {
+			if err := f(i); err != nil {
 				mu.Lock()
 				if first == nil {
-					first = fmt.Errorf("%s: %w", name, err)
+					first = err
 				}
 				mu.Unlock()
 			}
@@ -367,103 +589,72 @@ func waitGone(ctx context.Context, kube kubernetes.Interface, root string, limit
 	}
 }
 
-// peakRSS reads VmHWM (peak resident set) of every monocsi process.
-func peakRSS() map[string]int {
-	out := map[string]int{}
+func percentile(d []time.Duration, p float64) float64 {
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[int(p*float64(len(s)-1))].Seconds()
+}
+
+// waitAlone waits until no other kubelet runs on this machine: two test
+// clusters' kubelets share the cgroup root (cgroupfs, /kubepods) and each
+// removes the other's pod cgroups as orphans, killing its pods (seen while
+// an e2e run overlapped a benchmark).
+func waitAlone(limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for said := false; ; said = true {
+		others := kubelets()
+		if len(others) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("another test cluster's kubelet (pid %s) still runs after %s", strings.Join(others, ", "), limit)
+		}
+		if !said {
+			fmt.Printf("==> waiting for another test cluster to stop (kubelet pid %s): two kubelets on one machine kill each other's pods\n", strings.Join(others, ", "))
+		}
+		time.Sleep(10 * time.Second)
+	}
+}
+
+// kubelets lists the PIDs of the kubelets running on this machine.
+func kubelets() []string {
+	var pids []string
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
-		if _, err := strconv.Atoi(e.Name()); err != nil {
-			continue
+		if exe, err := os.Readlink(filepath.Join("/proc", e.Name(), "exe")); err == nil && filepath.Base(exe) == "kubelet" {
+			pids = append(pids, e.Name())
 		}
-		exe, err := os.Readlink(filepath.Join("/proc", e.Name(), "exe"))
-		if err != nil || filepath.Base(exe) != "monocsi" {
-			continue
-		}
-		b, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "status"))
-		for _, line := range strings.Split(string(b), "\n") {
-			if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmHWM:" {
-				kb, _ := strconv.Atoi(f[1])
-				cmd, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-				role := strings.Split(string(cmd), "\x00")
-				name := "monocsi"
-				if len(role) > 1 {
-					name += " " + role[1]
-				}
-				out[name+" (pid "+e.Name()+")"] = kb
+	}
+	return pids
+}
+
+// commit names the tree benchmarked: git describe, and "+changes" when
+// files other than the benchmark's own differ from it (make image builds
+// the working tree).
+func commit() string {
+	git := func(args ...string) string {
+		cmd := exec.Command("git", args...)
+		cmd.Dir = cluster.RepoRoot()
+		out, _ := cmd.Output()
+		return strings.TrimSpace(string(out))
+	}
+	c := git("describe", "--always")
+	if c == "" {
+		return "unknown"
+	}
+	if git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench", ":!BENCHMARKS.md") != "" {
+		c += "+changes"
+	}
+	return c
+}
+
+// copyLogs copies the cluster's component and pod logs into dir.
+func copyLogs(c *cluster.Cluster, dir string) {
+	for _, from := range []string{c.Logs, filepath.Join(c.Dir, "pod-logs")} {
+		if err := os.MkdirAll(dir, 0o755); err == nil {
+			if out, err := exec.Command("cp", "-a", from, dir+"/").CombinedOutput(); err != nil {
+				fmt.Fprintf(os.Stderr, "bench: copy %s: %v %s\n", from, err, out)
 			}
 		}
 	}
-	return out
-}
-
-func percentile(d []time.Duration, p float64) time.Duration {
-	s := append([]time.Duration(nil), d...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return s[int(p*float64(len(s)-1))]
-}
-
-func report(out string, n int, ours []*result, floor *result) error {
-	host, _ := os.Hostname()
-	r := func(a, b time.Duration) string { return fmt.Sprintf("%.2f×", a.Seconds()/b.Seconds()) }
-	sec := func(d time.Duration) string { return fmt.Sprintf("%.2f s", d.Seconds()) }
-	md := fmt.Sprintf(`# Benchmarks
-
-Written by `+"`make bench`"+` (bench/provision). Do not edit by hand: run it again.
-
-Machine: %s, %d CPUs, %s. Date: %s. Test cluster: Kubernetes %s, one node,
-monocsi installed with its chart. Each driver gets %d claims created at once
-(%d in flight). Floor: the same number of PVs and pre-bound claims created by
-a bare client, bound by the PV controller alone (no provisioner).
-`, host, runtime.NumCPU(), runtime.GOARCH, time.Now().UTC().Format("2006-01-02 15:04 MST"), cluster.K8sVersion, n, parallel)
-	for _, o := range ours {
-		var rss []string
-		for k, v := range o.rssPeakKB {
-			rss = append(rss, fmt.Sprintf("%s: %.1f MB", k, float64(v)/1024))
-		}
-		sort.Strings(rss)
-		p50, p99 := percentile(o.perClaim, .5), percentile(o.perClaim, .99)
-		f50, f99 := percentile(floor.perClaim, .5), percentile(floor.perClaim, .99)
-		md += fmt.Sprintf(`
-## Provisioning: %d claims, %s
-
-%s.
-
-| measure | monocsi | floor | ratio |
-| --- | --- | --- | --- |
-| all %d claims Bound (from the first create) | %s | %s | %s |
-| per-claim time to Bound, p50 | %s | %s | %s |
-| per-claim time to Bound, p99 | %s | %s | %s |
-| delete all (claims deleted → every PV and directory gone) | %s | %s | %s |
-
-Claim created → PV object created by monocsi: p50 %s, p99 %s.
-
-Peak RSS (VmHWM) of the monocsi processes after these volumes: %s.
-`, n, o.target.driver, o.target.what, n, sec(o.allBound), sec(floor.allBound), r(o.allBound, floor.allBound),
-			sec(p50), sec(f50), r(p50, f50), sec(p99), sec(f99), r(p99, f99),
-			sec(o.deleted), sec(floor.deleted), r(o.deleted, floor.deleted),
-			sec(percentile(o.toPV, .5)), sec(percentile(o.toPV, .99)), strings.Join(rss, ", "))
-	}
-	sizes, err := imagebuild.ArchiveSizeTable(cluster.MonocsiArchive())
-	if err != nil {
-		return err
-	}
-	md += `
-## Binary and image
-
-` + "`make image`" + ` (the image the test cluster ran), per platform: the static binary, and the
-image as a registry serves it (gzip) and as a node unpacks it.
-
-` + sizes + `
-Claim created → PV created includes kube-controller-manager's PV controller
-marking the claim for monocsi (the storage-provisioner annotation) before
-monocsi sees it; the rest of the time to Bound is the same PV controller
-binding claim and PV (its default client limit is 20 QPS), which the floor
-shows on its own.
-
-Reference, the sidecar layout measured on this machine kind (external-provisioner
-+ csi-driver-nfs, serial kubectl apply): 200 claims all Bound 62.6 s after the
-apply started, 200 deletions 86.1 s, RSS provisioner 70 MB + driver 35 MB.
-`
-	fmt.Print(md)
-	return os.WriteFile(out, []byte(md), 0o644)
 }
