@@ -51,7 +51,9 @@ t "debootstrap $SUITE from $MIRROR"
 # nfs-kernel-server: rpc.nfsd, mountd, exportfs; nfs-common: mount.nfs, statd.
 # util-linux/mount come with minbase (mount, findmnt); busybox: poweroff -f;
 # jq (and minbase's bash): the FlexVolume script the tests run on the "host".
-debootstrap --variant=minbase --include=nfs-kernel-server,nfs-common,kmod,iproute2,procps,busybox,jq \
+# xfsprogs, e2fsprogs: mkfs.xfs, mkfs.ext4 -O quota,project and xfs_quota
+# (which reads XFS and ext4 project quotas) for the local driver's suite.
+debootstrap --variant=minbase --include=nfs-kernel-server,nfs-common,kmod,iproute2,procps,busybox,jq,xfsprogs,e2fsprogs \
   "$SUITE" rootfs "$MIRROR" > debootstrap.log 2>&1 || { tail -30 debootstrap.log; exit 1; }
 
 t "guest init, server scripts, kernel modules"
@@ -64,12 +66,13 @@ install -m755 "$SRC/guest-init" rootfs/sbin/nfsvm-init
 printf '#!/bin/sh\n# stops serving NFS: clients see a dead server\nexportfs -ua\nrpc.nfsd 0\n' > rootfs/usr/local/sbin/nfs-server-stop
 printf '#!/bin/sh\n# serves NFS again after nfs-server-stop\nrpc.nfsd -G 10 -L 10 4\nexportfs -ra\n' > rootfs/usr/local/sbin/nfs-server-start
 chmod 755 rootfs/usr/local/sbin/nfs-server-{stop,start}
-# Only the modules NFS needs (the full set is ~10x the size).
+# Only the modules the suites need (the full set is ~10x the size): NFS,
+# loop devices, and quota_v2 (ext4's quota feature; XFS quota is built in).
 mkdir -p rootfs/usr/lib/modules
 cp -a "uml/usr/lib/uml/modules/$UV" full
 cp -a full "rootfs/usr/lib/modules/$UV"
 chroot rootfs depmod -a "$UV"
-keep=$(chroot rootfs sh -c "for m in nfsd nfsv3 nfsv4 loop overlay; do modprobe -S $UV --show-depends \$m 2>/dev/null; done" | awk '/^insmod/{print $2}' | sort -u)
+keep=$(chroot rootfs sh -c "for m in nfsd nfsv3 nfsv4 loop overlay quota_v2; do modprobe -S $UV --show-depends \$m 2>/dev/null; done" | awk '/^insmod/{print $2}' | sort -u)
 rm -rf "rootfs/usr/lib/modules/$UV"; mkdir -p "rootfs/usr/lib/modules/$UV"
 for m in $keep; do
   r=${m#/lib/modules/$UV/}; mkdir -p "rootfs/usr/lib/modules/$UV/$(dirname "$r")"; cp "full/$r" "rootfs/usr/lib/modules/$UV/$r"
