@@ -42,6 +42,8 @@ type Cluster struct {
 	// CreatedVarLibKubelet: /var/lib/kubelet did not exist before this run
 	// (the kubelet creates device-plugins/ there whatever its --root-dir).
 	CreatedVarLibKubelet bool `json:"createdVarLibKubelet"`
+
+	machine *os.File // the machine lock, held from Start to Stop
 }
 
 // Options configure Start.
@@ -91,10 +93,15 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	if err != nil {
 		return nil, err
 	}
+	machine, err := lockMachine(ctx, dir, log)
+	if err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
+		machine.Close()
 		return nil, fmt.Errorf("run directory: %w", err)
 	}
-	c = &Cluster{Dir: dir, Logs: filepath.Join(dir, "logs"), Bins: bins,
+	c = &Cluster{machine: machine, Dir: dir, Logs: filepath.Join(dir, "logs"), Bins: bins,
 		Kubeconfig: filepath.Join(dir, "kubeconfig"), KubeletDir: filepath.Join(dir, "kubelet"),
 		FlexDir: filepath.Join(dir, "flex"), ContainerdSock: filepath.Join(dir, "containerd", "containerd.sock")}
 	defer func() {
@@ -461,4 +468,46 @@ func (c *Cluster) PauseAPIServer(d time.Duration) error {
 	}
 	time.Sleep(d)
 	return unix.Kill(p.PID, unix.SIGCONT)
+}
+
+// machineLock serialises test clusters on one machine: two kubelets fight
+// over the kubepods cgroups, /var/lib/kubelet and host ports, killing each
+// other's pods (seen as "Pod sandbox changed" and crash loops). A `make demo`
+// cluster outlives its command, and so is not covered.
+const machineLock = "/run/lock/monocsi-test-cluster.lock"
+
+// lockMachine waits until no other test cluster runs here and takes the
+// lock; its holder writes its run directory into it for whoever waits.
+func lockMachine(ctx context.Context, dir string, log io.Writer) (*os.File, error) {
+	if err := os.MkdirAll(filepath.Dir(machineLock), 0o755); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(machineLock, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	for waited := false; ; waited = true {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", machineLock, err)
+		}
+		if !waited {
+			holder, _ := os.ReadFile(machineLock)
+			fmt.Fprintf(log, "==> waiting for the test cluster of another run on this machine (%s)\n", strings.TrimSpace(string(holder)))
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, ctx.Err()
+		case <-time.After(2 * time.Second):
+		}
+	}
+	if err := f.Truncate(0); err == nil {
+		_, _ = f.WriteAt([]byte(dir+"\n"), 0)
+	}
+	return f, nil
 }

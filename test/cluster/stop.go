@@ -49,6 +49,9 @@ func (c *Cluster) Stop(keepLogs bool) error {
 	if err := removeRunDir(c.Dir, keepLogs); err != nil {
 		errs = append(errs, err)
 	}
+	if c.machine != nil {
+		c.machine.Close() // another run's cluster may start now
+	}
 	return errors.Join(errs...)
 }
 
