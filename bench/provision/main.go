@@ -243,8 +243,7 @@ func run(n, other int, keepLogs string) (res *Results, err error) {
 	mem := func(name string) { res.Memory = append(res.Memory, settle(c.APIPort, name, settleLeast, settleMost)) }
 	fmt.Println("==> memory, idle")
 	mem(phaseIdle)
-	// This VM's kernel pages out memory no one touched for a minute
-	// (DAMON): a second look shows the pages the idle roles keep using.
+	// A second look: does idle memory keep growing (resyncs, renewals)?
 	time.Sleep(idleLater)
 	res.Memory = append(res.Memory, MemPhase{Name: phaseIdleLater, Procs: sampleMem(c.APIPort)})
 	targets := []target{
