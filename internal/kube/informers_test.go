@@ -233,8 +233,9 @@ func TestStrip(t *testing.T) {
 		in, want runtime.Object
 	}{
 		{&corev1.PersistentVolumeClaim{ObjectMeta: meta(), Status: corev1.PersistentVolumeClaimStatus{Phase: corev1.ClaimBound,
-			Conditions: []corev1.PersistentVolumeClaimCondition{{Type: "Resizing"}}}},
-			&corev1.PersistentVolumeClaim{ObjectMeta: claimMeta, Status: corev1.PersistentVolumeClaimStatus{Phase: corev1.ClaimBound}}},
+			Conditions: []corev1.PersistentVolumeClaimCondition{{Type: "Resizing"}}, AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce}}},
+			&corev1.PersistentVolumeClaim{ObjectMeta: claimMeta, Status: corev1.PersistentVolumeClaimStatus{Phase: corev1.ClaimBound,
+				Conditions: []corev1.PersistentVolumeClaimCondition{{Type: "Resizing"}}}}},
 		{&corev1.PersistentVolume{ObjectMeta: meta(), Spec: corev1.PersistentVolumeSpec{StorageClassName: "sc"},
 			Status: corev1.PersistentVolumeStatus{Phase: corev1.VolumeReleased, Message: "m"}},
 			&corev1.PersistentVolume{ObjectMeta: stripped, Spec: corev1.PersistentVolumeSpec{StorageClassName: "sc"},
@@ -261,5 +262,39 @@ func TestStrip(t *testing.T) {
 		if d := cmp.Diff(got, again); d != "" {
 			t.Errorf("%T: Strip is not idempotent:\n%s", tc.in, d)
 		}
+	}
+}
+
+// A list is read page by page from a consistent snapshot, whatever the
+// reflector asked (a whole list from the watch cache), and kept items of
+// every page make one list.
+func TestFilterPages(t *testing.T) {
+	var asked []metav1.ListOptions
+	lw := &cache.ListWatch{
+		ListWithContextFunc: func(_ context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			asked = append(asked, o)
+			page := map[string]*corev1.PersistentVolumeClaimList{
+				"":   {ListMeta: metav1.ListMeta{ResourceVersion: "9", Continue: "p2"}, Items: []corev1.PersistentVolumeClaim{*claim("a", "me"), *claim("b", "x")}},
+				"p2": {ListMeta: metav1.ListMeta{ResourceVersion: "9", Continue: "p3"}, Items: []corev1.PersistentVolumeClaim{*claim("c", "x")}},
+				"p3": {ListMeta: metav1.ListMeta{ResourceVersion: "9"}, Items: []corev1.PersistentVolumeClaim{*claim("d", "me")}},
+			}[o.Continue]
+			return page.DeepCopy(), nil
+		},
+		WatchFuncWithContext: func(context.Context, metav1.ListOptions) (watch.Interface, error) { return watch.NewFake(), nil },
+	}
+	list, err := NewFilter(lw, nil, mine).ListWithContext(context.Background(), metav1.ListOptions{ResourceVersion: "0", Limit: 500})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := list.(*corev1.PersistentVolumeClaimList)
+	var names []string
+	for _, c := range l.Items {
+		names = append(names, c.Name)
+	}
+	if !slices.Equal(names, []string{"a", "d"}) || l.ResourceVersion != "9" || l.Continue != "" {
+		t.Errorf("list %v rv %q continue %q; want [a d] at 9, complete", names, l.ResourceVersion, l.Continue)
+	}
+	if len(asked) != 3 || asked[0].ResourceVersion != "" || asked[0].Limit != PageSize || asked[2].Continue != "p3" {
+		t.Errorf("pages asked: %+v", asked)
 	}
 }

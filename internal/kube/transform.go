@@ -14,10 +14,11 @@ const LastApplied = "kubectl.kubernetes.io/last-applied-configuration"
 // object reaches a cache. managedFields go from every kind cached (often the
 // largest part of an object). Beyond that, per kind:
 //
-//   - PersistentVolumeClaim: the status but its phase. Its metadata and spec
-//     stay whole, last-applied annotation included: the provisioner library
-//     writes claims back with Update (removing the selected node to
-//     reschedule), and an Update without a field deletes it.
+//   - PersistentVolumeClaim: the status but its phase and what the resizer
+//     reads (capacity, conditions, allocatedResources and their statuses).
+//     Its metadata and spec stay whole, last-applied annotation included: the
+//     provisioner library writes claims back with Update (removing the
+//     selected node to reschedule), and an Update without a field deletes it.
 //   - PersistentVolume: the last-applied annotation and the status but its
 //     phase. monocsi changes PVs only by patches.
 //   - Node: everything but name, UID, resource version and labels (the
@@ -33,7 +34,8 @@ func Strip(obj any) (any, error) {
 	case *corev1.PersistentVolumeClaim:
 		c := *o
 		c.ManagedFields = nil
-		c.Status = corev1.PersistentVolumeClaimStatus{Phase: o.Status.Phase}
+		c.Status = corev1.PersistentVolumeClaimStatus{Phase: o.Status.Phase, Capacity: o.Status.Capacity, Conditions: o.Status.Conditions,
+			AllocatedResources: o.Status.AllocatedResources, AllocatedResourceStatuses: o.Status.AllocatedResourceStatuses}
 		return &c, nil
 	case *corev1.PersistentVolume:
 		c := *o
