@@ -19,7 +19,7 @@
 #   KERNEL_OUT          the full output (default e2e-kernel.out in the checkout)
 #   MONOCSI_NFSVM_RUN   -test.run pattern of the nfs suite (default NFS: the NFS driver's tests)
 #   MONOCSI_LOCALVM_RUN -test.run pattern of the local suite (default LocalQuota)
-#   NFSVM_TIMEOUT       bound of the whole VM run in seconds (default 600)
+#   NFSVM_TIMEOUT       bound of the whole VM run in seconds (default 270 per nfs run, 120 per local run, plus 60)
 #   NFSVM_VERSIONS      the nfsvers values, one run each (default "4.1 3")
 #   LOCALVM_FS          the filesystems of the local suite, one run each (default "xfs ext4")
 set -uo pipefail
@@ -30,7 +30,6 @@ SUITES=${KERNEL_SUITES:-nfs local}
 OUT=${KERNEL_OUT:-$(cd "$SRC/../.." && pwd)/e2e-kernel.out}
 RUN=${MONOCSI_NFSVM_RUN:-NFS}
 LOCALRUN=${MONOCSI_LOCALVM_RUN:-LocalQuota}
-export NFSVM_TIMEOUT=${NFSVM_TIMEOUT:-600}
 VERSIONS=${NFSVM_VERSIONS:-4.1 3} # nfsvers values, one run each
 FSES=${LOCALVM_FS:-xfs ext4}      # local suite filesystems, one run each
 # The runs, by name; each one's output is name.out in the share.
@@ -44,8 +43,15 @@ for s in $SUITES; do
 done
 [ ${#runs[@]} -gt 0 ] || { echo "FAIL: no suite to run (KERNEL_SUITES)"; exit 1; }
 # Each run gets its share of the VM's time, less a minute for boot and the
-# checks, so a hung test ends with Go's goroutine dump, not a killed VM.
-SUITE_TIMEOUT=$(( (NFSVM_TIMEOUT - 60) / ${#runs[@]} )); [ $SUITE_TIMEOUT -ge 30 ] || SUITE_TIMEOUT=30
+# checks, so a hung test ends with Go's goroutine dump, not a killed VM: by
+# default 270 s per nfs run and 120 s per local run (NFSVM_TIMEOUT their sum
+# and the minute); a given NFSVM_TIMEOUT is shared in the same proportions.
+NFS_T=270 LOCAL_T=120 n_nfs=0 n_local=0
+for r in "${runs[@]}"; do case $r in nfsvers=*) n_nfs=$((n_nfs + 1)) ;; *) n_local=$((n_local + 1)) ;; esac; done
+want=$((n_nfs * NFS_T + n_local * LOCAL_T))
+export NFSVM_TIMEOUT=${NFSVM_TIMEOUT:-$((want + 60))}
+NFS_T=$(( NFS_T * (NFSVM_TIMEOUT - 60) / want )); [ $NFS_T -ge 30 ] || NFS_T=30
+LOCAL_T=$(( LOCAL_T * (NFSVM_TIMEOUT - 60) / want )); [ $LOCAL_T -ge 30 ] || LOCAL_T=30
 has() { case " $SUITES " in *" $1 "*) return 0 ;; esac; return 1; }
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/monocsi-e2e-kernel.XXXXXX") || exit 1
@@ -87,7 +93,7 @@ for v in $VERSIONS; do
   [ "\$(cat /proc/fs/nfsd/threads)" -gt 0 ] || nfs-server-start
   find /srv/export -mindepth 1 -delete
   start=\$(date +%s)
-  MONOCSI_NFS_MOUNT_OPTIONS=nfsvers=\$v ./sanity.test -test.v -test.timeout ${SUITE_TIMEOUT}s -test.run '$RUN' -ginkgo.no-color \\
+  MONOCSI_NFS_MOUNT_OPTIONS=nfsvers=\$v ./sanity.test -test.v -test.timeout ${NFS_T}s -test.run '$RUN' -ginkgo.no-color \\
     > nfsvers=\$v.out 2>&1
   echo "RESULT nfsvers=\$v rc=\$? (\$((\$(date +%s) - start)) s)"
 done
@@ -113,7 +119,7 @@ for fs in $FSES; do
   echo "==> sanity.test -test.run '$LOCALRUN' on \$fs with project quotas"
   start=\$(date +%s)
   MONOCSI_LOCAL_QUOTA_DIR=/tmp/kernel-fs/\$fs MONOCSI_LOCAL_QUOTA_FS=\$fs \\
-    ./sanity.test -test.v -test.timeout ${SUITE_TIMEOUT}s -test.run '$LOCALRUN' -ginkgo.no-color > local-\$fs.out 2>&1
+    ./sanity.test -test.v -test.timeout ${LOCAL_T}s -test.run '$LOCALRUN' -ginkgo.no-color > local-\$fs.out 2>&1
   echo "RESULT local-\$fs rc=\$? (\$((\$(date +%s) - start)) s)"
 done
 EOF
