@@ -35,7 +35,7 @@ func Spec(d driver.Declaration) storagev1.CSIDriverSpec {
 		PodInfoOnMount:       &d.PodInfoOnMount,
 		FSGroupPolicy:        &policy,
 		VolumeLifecycleModes: modes,
-		StorageCapacity:      &f,
+		StorageCapacity:      &d.StorageCapacity,
 		RequiresRepublish:    &f,
 		SELinuxMount:         &f,
 	}

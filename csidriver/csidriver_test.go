@@ -38,6 +38,14 @@ func TestEnsureCreatesAndUpdates(t *testing.T) {
 	if !*got.Spec.PodInfoOnMount {
 		t.Error("Ensure did not restore podInfoOnMount")
 	}
+	// storageCapacity (mutable) follows the declaration.
+	dec.StorageCapacity = true
+	if err := Ensure(ctx, client, "d.example.com", dec); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ = client.StorageV1().CSIDrivers().Get(ctx, "d.example.com", metav1.GetOptions{}); !*got.Spec.StorageCapacity {
+		t.Error("storageCapacity not set")
+	}
 	// Nothing to do: no write.
 	before := len(client.Actions())
 	if err := Ensure(ctx, client, "d.example.com", dec); err != nil {

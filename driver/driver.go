@@ -179,6 +179,10 @@ type Declaration struct {
 	// NodeLocal drivers create volumes on the node that will use them: the
 	// node role provisions for them, and serves their Controller API.
 	NodeLocal bool
+	// StorageCapacity: the scheduler reads CSIStorageCapacity objects for
+	// the driver's classes. The role that publishes them sets it (a driver
+	// only says it can report capacity, with GET_CAPACITY).
+	StorageCapacity bool
 }
 
 // Declarer is implemented by drivers that declare their CSIDriver object.
