@@ -10,7 +10,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/monocsi/monocsi/internal/testbin"
+	"github.com/monocsi/monocsi/test/testbin"
 )
 
 // Two controller replicas: exactly one leads through the Lease; when the

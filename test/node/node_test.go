@@ -18,7 +18,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	regapi "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
 
-	"github.com/monocsi/monocsi/internal/testbin"
+	"github.com/monocsi/monocsi/test/testbin"
 )
 
 const driverName = "local.csi.monocsi.io"

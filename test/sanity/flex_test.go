@@ -10,7 +10,7 @@ import (
 
 	"github.com/kubernetes-csi/csi-test/v5/pkg/sanity"
 
-	"github.com/monocsi/monocsi/internal/testbin"
+	"github.com/monocsi/monocsi/test/testbin"
 	"github.com/monocsi/monocsi/test/flexsamples"
 )
 

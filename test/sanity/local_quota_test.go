@@ -28,7 +28,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/monocsi/monocsi/internal/testbin"
+	"github.com/monocsi/monocsi/test/testbin"
 )
 
 // quotaFS returns the quota filesystem's directory and type, or skips.

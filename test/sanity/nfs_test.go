@@ -18,7 +18,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
-	"github.com/monocsi/monocsi/internal/testbin"
+	"github.com/monocsi/monocsi/test/testbin"
 	"github.com/monocsi/monocsi/test/nfsemu"
 )
 

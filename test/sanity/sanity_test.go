@@ -24,7 +24,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
-	"github.com/monocsi/monocsi/internal/testbin"
+	"github.com/monocsi/monocsi/test/testbin"
 )
 
 func requireRoot(t *testing.T) {
@@ -263,7 +263,7 @@ func becomeSubreaper(t *testing.T) {
 
 // strayProcesses lists the live processes below this test process other
 // than monocsi servers (the binary exe), as "pid command line".
-func strayProcesses(t *testing.T, exe string) []string {
+func strayProcesses(t *testing.T) []string {
 	t.Helper()
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
@@ -298,7 +298,7 @@ func strayProcesses(t *testing.T, exe string) []string {
 		if state[pid] == 'Z' || state[pid] == 'X' {
 			continue // ended
 		}
-		if p, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err == nil && p == exe {
+		if testbin.Started(pid) {
 			continue // a monocsi server; its children are looked at
 		}
 		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
@@ -313,16 +313,9 @@ func strayProcesses(t *testing.T, exe string) []string {
 func assertNoStrayProcesses(t *testing.T) {
 	t.Helper()
 	becomeSubreaper(t)
-	exe, err := filepath.EvalSymlinks(testbin.Build(t))
-	if err == nil {
-		exe, err = filepath.Abs(exe)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
 	var stray []string
 	for deadline := time.Now().Add(3 * time.Second); ; {
-		if stray = strayProcesses(t, exe); len(stray) == 0 || time.Now().After(deadline) {
+		if stray = strayProcesses(t); len(stray) == 0 || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)

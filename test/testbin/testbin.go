@@ -60,6 +60,16 @@ type Process struct {
 	err    error         // its exit error, valid once exited is closed
 }
 
+// started holds the PIDs of the monocsi processes Start runs, while they run.
+var started sync.Map
+
+// Started reports whether pid is a monocsi process Start runs (whatever its
+// executable: $MONOCSI_TEST_BIN may exec the image's binary in a chroot).
+func Started(pid int) bool {
+	_, ok := started.Load(pid)
+	return ok
+}
+
 // Start runs monocsi with args; it is stopped with SIGTERM at test cleanup,
 // and its log is printed if the test failed.
 func Start(t testing.TB, args ...string) *Process {
@@ -79,7 +89,8 @@ func StartEnv(t testing.TB, env []string, args ...string) *Process {
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go func() { p.err = p.cmd.Wait(); close(p.exited) }()
+	started.Store(p.cmd.Process.Pid, true)
+	go func() { p.err = p.cmd.Wait(); close(p.exited); started.Delete(p.cmd.Process.Pid) }()
 	t.Cleanup(func() {
 		if err := p.Stop(); err != nil {
 			t.Errorf("monocsi did not stop cleanly: %v", err)
