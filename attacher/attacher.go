@@ -49,6 +49,24 @@ func Finalizer(driverName string) string {
 	return "external-attacher/" + strings.ReplaceAll(driverName, "/", "-")
 }
 
+// Keeps tells which PVs the attacher needs in the process's cache: those
+// with an external-attacher finalizer, which it removes when their deletion
+// shows in the cache. A PV a VolumeAttachment names is read from the API
+// server when the cache does not have it (before the finalizer is added).
+func Keeps(pv *corev1.PersistentVolume) bool {
+	return slices.ContainsFunc(pv.Finalizers, func(f string) bool { return strings.HasPrefix(f, "external-attacher/") })
+}
+
+// pv is a PV from the cache, or from the API server when the cache does not
+// have it (see Keeps).
+func (a *Attacher) pv(ctx context.Context, name string) (*corev1.PersistentVolume, error) {
+	pv, err := a.pvs.Get(name)
+	if apierrors.IsNotFound(err) {
+		return a.client.CoreV1().PersistentVolumes().Get(ctx, name, metav1.GetOptions{})
+	}
+	return pv, err
+}
+
 // Timeout bounds every CSI call.
 const Timeout = 2 * time.Minute
 
@@ -242,7 +260,7 @@ func (a *Attacher) attach(ctx context.Context, d driver.Driver, va *storagev1.Vo
 	if va.Spec.Source.PersistentVolumeName == nil {
 		return a.attachFailed(ctx, va, fmt.Errorf("only PersistentVolumes can be attached by %s (inline volume specs are not supported)", name))
 	}
-	pv, err := a.pvs.Get(*va.Spec.Source.PersistentVolumeName)
+	pv, err := a.pv(ctx, *va.Spec.Source.PersistentVolumeName)
 	if err != nil {
 		return a.attachFailed(ctx, va, fmt.Errorf("PersistentVolume %s: %w", *va.Spec.Source.PersistentVolumeName, err))
 	}
@@ -357,7 +375,7 @@ func (a *Attacher) detach(ctx context.Context, d driver.Driver, va *storagev1.Vo
 		// recorded at attach otherwise.
 		handle, secrets := va.Annotations[annHandle], map[string]string(nil)
 		if n := va.Spec.Source.PersistentVolumeName; n != nil {
-			pv, err := a.pvs.Get(*n)
+			pv, err := a.pv(ctx, *n)
 			switch {
 			case err == nil && pv.Spec.CSI != nil:
 				handle = pv.Spec.CSI.VolumeHandle

@@ -352,3 +352,42 @@ func TestWritesArePatchesOfOwnFields(t *testing.T) {
 		}
 	}
 }
+
+// With the controller's PV cache (only PVs with an attacher's finalizer,
+// Keeps), a PV to attach is read from the API server, and enters the cache
+// once it has the finalizer.
+func TestAttachesPVOutsideTheCache(t *testing.T) {
+	const drv = "x.example.com"
+	pvName := "pv-1"
+	client := fake.NewClientset(
+		&corev1.PersistentVolume{ObjectMeta: metav1.ObjectMeta{Name: pvName}, Spec: corev1.PersistentVolumeSpec{
+			AccessModes:            []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+			PersistentVolumeSource: corev1.PersistentVolumeSource{CSI: &corev1.CSIPersistentVolumeSource{Driver: drv, VolumeHandle: "h"}}}},
+		&storagev1.CSINode{ObjectMeta: metav1.ObjectMeta{Name: "n1"}, Spec: storagev1.CSINodeSpec{Drivers: []storagev1.CSINodeDriver{{Name: drv, NodeID: "node-id-1"}}}},
+		&storagev1.VolumeAttachment{ObjectMeta: metav1.ObjectMeta{Name: "va-1"}, Spec: storagev1.VolumeAttachmentSpec{
+			Attacher: drv, NodeName: "n1", Source: storagev1.VolumeAttachmentSource{PersistentVolumeName: &pvName}}},
+	)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	inf := kube.NewInformers(ctx, client)
+	if err := inf.FilterVolumes(Keeps); err != nil {
+		t.Fatal(err)
+	}
+	a := New(client, inf, nil)
+	d := &flakyCaps{}
+	a.Add(drv, d)
+	done := make(chan struct{})
+	go func() { a.Run(ctx, 1, nil); close(done) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, "the attachment to be attached", func() bool {
+		va, err := client.StorageV1().VolumeAttachments().Get(ctx, "va-1", metav1.GetOptions{})
+		return err == nil && va.Status.Attached
+	})
+	waitFor(t, "the PV to enter the cache with its finalizer", func() bool {
+		pv, err := a.pvs.Get(pvName)
+		return err == nil && slices.Contains(pv.Finalizers, Finalizer(drv))
+	})
+	if d.published.Load() == 0 {
+		t.Error("ControllerPublishVolume was not called")
+	}
+}

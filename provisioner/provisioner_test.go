@@ -185,9 +185,11 @@ func TestNodeDeploymentFilters(t *testing.T) {
 	}
 }
 
-// A node deployment's caches hold its own claims and PVs only: those of its
-// drivers scheduled to it or waiting for a node to take them, and the PVs
-// pinned to it; a claim scheduled to it later enters the cache.
+// A node deployment's caches hold its own claims and PVs only: the PVs of
+// its drivers pinned to it, the claims bound to those (statically
+// provisioned ones too), and its drivers' claims scheduled to it or waiting
+// for a node to take them; a claim scheduled to it later enters the cache,
+// one another node takes leaves it.
 func TestNodeDeploymentCachesItsOwn(t *testing.T) {
 	p, _ := newLocal(t)
 	client := p.client.(*fake.Clientset)
@@ -212,7 +214,10 @@ func TestNodeDeploymentCachesItsOwn(t *testing.T) {
 	defer cancel()
 	for _, obj := range []runtime.Object{
 		&storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: "sc"}, Provisioner: local.DefaultName, VolumeBindingMode: &wffc},
-		claimOf("mine", local.DefaultName, node, "pv-mine"),
+		claimOf("mine", local.DefaultName, node, ""),
+		claimOf("bound", local.DefaultName, node, "pv-mine"),
+		claimOf("static", "", "", "pv-mine"),
+		claimOf("static-elsewhere", "", "", "pv-elsewhere"),
 		claimOf("waiting", local.DefaultName, "", ""),
 		claimOf("elsewhere", local.DefaultName, "node-b", ""),
 		claimOf("other-driver", "nfs.example.com", node, ""),
@@ -225,6 +230,9 @@ func TestNodeDeploymentCachesItsOwn(t *testing.T) {
 		}
 	}
 	inf := kube.NodeInformers(ctx, client, node)
+	if err := Filter(inf, []*Provisioner{p}, nil); err != nil {
+		t.Fatal(err)
+	}
 	synced := make(chan struct{})
 	done := make(chan error)
 	go func() {
@@ -246,7 +254,7 @@ func TestNodeDeploymentCachesItsOwn(t *testing.T) {
 		slices.Sort(n)
 		return n
 	}
-	if got, want := claimNames(), []string{"mine", "waiting"}; !slices.Equal(got, want) {
+	if got, want := claimNames(), []string{"bound", "mine", "static", "waiting"}; !slices.Equal(got, want) {
 		t.Errorf("cached claims %v, want %v", got, want)
 	}
 	pvs, _ := p.l.volumes.List(everything)
@@ -261,9 +269,10 @@ func TestNodeDeploymentCachesItsOwn(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for deadline := time.Now().Add(10 * time.Second); !slices.Equal(claimNames(), []string{"elsewhere", "mine"}); time.Sleep(20 * time.Millisecond) {
+	want := []string{"bound", "elsewhere", "mine", "static"}
+	for deadline := time.Now().Add(10 * time.Second); !slices.Equal(claimNames(), want); time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("cached claims %v, want [elsewhere mine]", claimNames())
+			t.Fatalf("cached claims %v, want %v", claimNames(), want)
 		}
 	}
 	cancel()
@@ -313,5 +322,98 @@ func TestTakeImmediate(t *testing.T) {
 	}
 	if !slices.Equal(verbs, []string{"patch", "get"}) && !slices.Equal(verbs, []string{"patch"}) {
 		t.Errorf("API calls %v, want one patch (the claim and class come from the cache)", verbs)
+	}
+}
+
+// A controller deployment's caches hold the claims and PVs of its drivers
+// (claims bound to its PVs too), and the PVs another role asks for, not
+// other drivers'.
+func TestControllerCachesItsDrivers(t *testing.T) {
+	p := newRecording(t, &recorder{})
+	client := p.client.(*fake.Clientset)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	claimOf := func(name, provisioner string) *corev1.PersistentVolumeClaim {
+		return &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "ns1",
+			Annotations: map[string]string{"volume.kubernetes.io/storage-provisioner": provisioner, annSelectedNode: "anywhere"}}}
+	}
+	static := func(name, pv string) *corev1.PersistentVolumeClaim {
+		return &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "ns1"}, Spec: corev1.PersistentVolumeClaimSpec{VolumeName: pv}}
+	}
+	pvOf := func(name, driver string, finalizers ...string) *corev1.PersistentVolume {
+		return &corev1.PersistentVolume{ObjectMeta: metav1.ObjectMeta{Name: name, Finalizers: finalizers}, Spec: corev1.PersistentVolumeSpec{
+			PersistentVolumeSource: corev1.PersistentVolumeSource{CSI: &corev1.CSIPersistentVolumeSource{Driver: driver, VolumeHandle: name}}}}
+	}
+	for _, obj := range []runtime.Object{
+		claimOf("mine", local.DefaultName), claimOf("other", "other.example.com"),
+		static("static-mine", "pv-mine"), static("static-other", "pv-other"),
+		pvOf("pv-mine", local.DefaultName), pvOf("pv-other", "other.example.com"), pvOf("pv-attached", "flex.example.com", "attached"),
+	} {
+		if err := client.Tracker().Add(obj); err != nil {
+			t.Fatal(err)
+		}
+	}
+	inf := kube.NewInformers(ctx, client)
+	attached := func(pv *corev1.PersistentVolume) bool { return slices.Contains(pv.Finalizers, "attached") }
+	if err := Filter(inf, []*Provisioner{p}, attached); err != nil {
+		t.Fatal(err)
+	}
+	synced := make(chan struct{})
+	done := make(chan error)
+	go func() {
+		done <- Run(ctx, client, inf, []*Provisioner{p}, prometheus.NewRegistry(), func() { close(synced) })
+	}()
+	select {
+	case <-synced:
+	case err := <-done:
+		t.Fatalf("Run: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("caches never filled")
+	}
+	cs, _ := p.l.claims.List(everything)
+	var claims []string
+	for _, c := range cs {
+		claims = append(claims, c.Name)
+	}
+	slices.Sort(claims)
+	if !slices.Equal(claims, []string{"mine", "static-mine"}) {
+		t.Errorf("cached claims %v, want [mine static-mine]", claims)
+	}
+	pvs, _ := p.l.volumes.List(everything)
+	var names []string
+	for _, pv := range pvs {
+		names = append(names, pv.Name)
+	}
+	slices.Sort(names)
+	if !slices.Equal(names, []string{"pv-attached", "pv-mine"}) {
+		t.Errorf("cached PVs %v, want [pv-attached pv-mine]", names)
+	}
+	cancel()
+	<-done
+}
+
+// A clone source the cache does not hold (a node's cache has only the claims
+// it provisions) is read from the API server.
+func TestCloneSourceOutsideTheCache(t *testing.T) {
+	p, _ := newLocal(t)
+	ctx := context.Background()
+	sc := "sc"
+	src := &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Name: "src", Namespace: "ns1"},
+		Spec:   corev1.PersistentVolumeClaimSpec{StorageClassName: &sc, VolumeName: "pv-src"},
+		Status: corev1.PersistentVolumeClaimStatus{Phase: corev1.ClaimBound}}
+	pv := &corev1.PersistentVolume{ObjectMeta: metav1.ObjectMeta{Name: "pv-src"}, Spec: corev1.PersistentVolumeSpec{
+		PersistentVolumeSource: corev1.PersistentVolumeSource{CSI: &corev1.CSIPersistentVolumeSource{Driver: local.DefaultName, VolumeHandle: "vol-src"}}}}
+	// In the API server, not in the caches (they watch another client).
+	client := fake.NewClientset(src, pv)
+	p.client = client
+	pvc := &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Name: "clone", Namespace: "ns1"},
+		Spec: corev1.PersistentVolumeClaimSpec{StorageClassName: &sc, DataSource: &corev1.TypedLocalObjectReference{Kind: "PersistentVolumeClaim", Name: "src"}}}
+	got, err := p.contentSource(ctx, pvc, &storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: sc}}, 1<<30)
+	if err != nil || got.GetVolume().GetVolumeId() != "vol-src" {
+		t.Fatalf("contentSource: %v, %v; want volume vol-src", got, err)
+	}
+	pvc.Spec.DataSource.Name = "nope"
+	if _, err := p.contentSource(ctx, pvc, &storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: sc}}, 1<<30); err == nil || !strings.Contains(err.Error(), "not found") {
+		t.Errorf("missing source: %v", err)
 	}
 }

@@ -32,14 +32,11 @@ var libMetrics = metrics.New("controller")
 
 // Run runs one ProvisionController per provisioner until ctx is done. All of
 // them read the process's informers (inf, the caller's, shared with the
-// other roles): one copy of each kind per process, not per driver or role.
-// In a node deployment (provisioners with a NodeName), the claim and PV
-// informers keep only what the node provisions or deletes (nodeClaims,
-// nodeVolumes), so a node's memory grows with its own volumes, not the
-// cluster's; Run must then set them up itself, before anything requests them.
-// The library's own leader election is off: a process elects once for all
-// its drivers (or, in a node deployment, needs none). synced, if set, is
-// called once the caches are filled and the controllers run.
+// other roles): one copy of each kind per process, not per driver or role,
+// holding only the claims and PVs the roles need once the caller has called
+// Filter. The library's own leader election is off: a process elects once
+// for all its drivers (or, in a node deployment, needs none). synced, if
+// set, is called once the caches are filled and the controllers run.
 //
 // Run returns only after every CSI call it started has returned: a replica
 // giving up its Lease must not act beside the next leader. The library's
@@ -60,9 +57,6 @@ func Run(ctx context.Context, client kubernetes.Interface, inf *kube.Informers, 
 		}
 		<-ctx.Done()
 		return nil
-	}
-	if err := nodeFilters(inf, provs); err != nil {
-		return err
 	}
 	l, filled := useCaches(inf, provs)
 	core := inf.Core().V1()
@@ -133,29 +127,50 @@ func useCaches(inf *kube.Informers, provs []*Provisioner) (listers, []cache.Info
 	return l, filled
 }
 
-// nodeFilters sets up a node deployment's claim and PV informers.
-func nodeFilters(inf *kube.Informers, provs []*Provisioner) error {
-	node := provs[0].opts.NodeName
-	for _, p := range provs {
-		if p.opts.NodeName != node {
+// Filter sets up the claim and PV informers of inf to hold only what the
+// roles of the process need, so its memory grows with its drivers' volumes,
+// not with the cluster's; in a node deployment, with the node's own volumes.
+// PVs: those of the provisioners provs (volumeFilter) and those alsoVolumes
+// accepts (another role's, nil: none). Claims: those provs may provision
+// (claimFilter), and those bound to a PV of the cache (what the resizer
+// expands, statically provisioned volumes included); claims are listed once
+// the PVs are. It must be called once, before any role requests those
+// informers. Objects left out are read from the API server when needed (a
+// clone source).
+func Filter(inf *kube.Informers, provs []*Provisioner, alsoVolumes func(*corev1.PersistentVolume) bool) error {
+	node := ""
+	for i, p := range provs {
+		if i > 0 && p.opts.NodeName != node {
 			return fmt.Errorf("provisioners of nodes %q and %q in one process", node, p.opts.NodeName)
 		}
+		node = p.opts.NodeName
 	}
-	if node == "" {
-		return nil
+	volumes := volumeFilter(provs)
+	if alsoVolumes != nil {
+		volumes = func(pv *corev1.PersistentVolume) bool { return volumeFilter(provs)(pv) || alsoVolumes(pv) }
 	}
-	if err := inf.FilterClaims(nodeClaims(node, provs)); err != nil {
+	if err := inf.FilterVolumes(volumes); err != nil {
 		return err
 	}
-	return inf.FilterVolumes(nodeVolumes(provs))
+	pvs := inf.Core().V1().PersistentVolumes()
+	cached, provisionable := pvs.Lister(), claimFilter(node, provs)
+	return inf.FilterClaims(func(c *corev1.PersistentVolumeClaim) bool {
+		if c.Spec.VolumeName != "" {
+			if _, err := cached.Get(c.Spec.VolumeName); err == nil {
+				return true
+			}
+		}
+		return provisionable(c)
+	}, pvs.Informer().HasSynced)
 }
 
-// nodeClaims is what a node deployment keeps of claims: those of its drivers
-// scheduled to the node (the selected-node annotation), and those of its
-// drivers no scheduler places (no selected node: Immediate binding, see
-// takeImmediate). A claim scheduled elsewhere, taken by another node, or of
-// another driver is dropped.
-func nodeClaims(node string, provs []*Provisioner) func(*corev1.PersistentVolumeClaim) bool {
+// claimFilter is what provisioners keep of claims: those of their drivers
+// (the storage-provisioner annotation the library goes by). A node
+// deployment keeps only those scheduled to its node (the selected-node
+// annotation) and those no scheduler places (no selected node: Immediate
+// binding, see takeImmediate); one scheduled elsewhere, or taken by another
+// node, is dropped.
+func claimFilter(node string, provs []*Provisioner) func(*corev1.PersistentVolumeClaim) bool {
 	mine := map[string]bool{}
 	for _, p := range provs {
 		mine[p.name] = true
@@ -165,18 +180,18 @@ func nodeClaims(node string, provs []*Provisioner) func(*corev1.PersistentVolume
 			return false
 		}
 		sel := c.Annotations[annSelectedNode]
-		return sel == node || sel == ""
+		return node == "" || sel == node || sel == ""
 	}
 }
 
-// nodeVolumes is what a node deployment keeps of PVs: those of its drivers
-// that it would delete (ShouldDelete: node affinity this node's topology
-// satisfies), the node's own volumes. The library adds and removes its
-// finalizer on exactly these.
-func nodeVolumes(provs []*Provisioner) func(*corev1.PersistentVolume) bool {
+// volumeFilter is what provisioners keep of PVs: their drivers' (the
+// library adds and removes its finalizer on exactly these), in a node
+// deployment only those it would delete (ShouldDelete: node affinity this
+// node's topology satisfies), the node's own volumes.
+func volumeFilter(provs []*Provisioner) func(*corev1.PersistentVolume) bool {
 	return func(pv *corev1.PersistentVolume) bool {
 		for _, p := range provs {
-			if p.owns(pv) && p.pinnedHere(pv) {
+			if p.owns(pv) && (p.opts.NodeName == "" || p.pinnedHere(pv)) {
 				return true
 			}
 		}

@@ -94,11 +94,20 @@ func runController(ctx context.Context, args []string) error {
 	// caches nothing) and run until the process ends, across retried starts.
 	inf := kube.NewInformers(ctx, client)
 	caps := &capability.Cache{}
+	filtered := false // attempts of the work run one after the other
 	// work returns only when every worker has: the Lease is released after.
 	work := func(ctx context.Context, acting func()) error {
 		provs, err := provisioners(ctx, client, caps, central, "", *extraMetadata)
 		if err != nil {
 			return err
+		}
+		// Claims and PVs of the drivers provisioned here, and PVs the
+		// attacher put its finalizer on: not the cluster's.
+		if !filtered {
+			if err := provisioner.Filter(inf, provs, attacher.Keeps); err != nil {
+				return err
+			}
+			filtered = true
 		}
 		// The provisioners and the attacher report their caches filled.
 		pending := atomic.Int32{}

@@ -104,6 +104,9 @@ func runNode(ctx context.Context, args []string) error {
 			for wait := time.Second; ; wait = min(2*wait, time.Minute) {
 				provs, err := provisioners(ctx, client, &capability.Cache{}, local, df.nodeID, *extraMetadata)
 				if err == nil {
+					if err := provisioner.Filter(inf, provs, nil); err != nil {
+						return err
+					}
 					return provisioner.Run(ctx, client, inf, provs, reg, nil)
 				}
 				klog.ErrorS(err, "Cannot start provisioning yet; retrying", "in", wait)

@@ -25,6 +25,7 @@ type Filter struct {
 	lw          cache.ListerWatcherWithContext
 	keep        func(runtime.Object) bool
 	unsupported bool // the client cannot stream lists (a fake): the reflector lists
+	after       []cache.InformerSynced
 
 	mu     sync.Mutex
 	passed map[string]bool
@@ -37,6 +38,17 @@ var _ cache.ListerWatcherWithContext = (*Filter)(nil)
 func NewFilter(lw cache.ListerWatcher, client any, keep func(runtime.Object) bool) *Filter {
 	return &Filter{lw: cache.ToListerWatcherWithContext(lw), keep: keep, passed: map[string]bool{},
 		unsupported: watchlist.DoesClientNotSupportWatchListSemantics(client)}
+}
+
+// After makes lists and watches wait until the informers are filled: keep
+// reads their caches (a claim is kept when its PV is).
+func (f *Filter) After(informers ...cache.InformerSynced) { f.after = append(f.after, informers...) }
+
+func (f *Filter) waitAfter(ctx context.Context) error {
+	if len(f.after) > 0 && !cache.WaitForCacheSync(ctx.Done(), f.after...) {
+		return ctx.Err()
+	}
+	return nil
 }
 
 // IsWatchListSemanticsUnSupported is what client-go asks a ListerWatcher
@@ -53,38 +65,79 @@ func (f *Filter) Watch(o metav1.ListOptions) (watch.Interface, error) {
 	return f.WatchWithContext(context.Background(), o)
 }
 
-// ListWithContext lists and drops the objects not kept. The informer's store
-// is replaced by the result, so the keys handed on are exactly these.
+// PageSize is how many objects a Filter's list decodes at once.
+const PageSize = 500
+
+// ListWithContext lists page by page and drops the objects not kept. A list
+// from the API server's watch cache (resourceVersion "0", a reflector's first
+// list, or NotOlderThan) comes whole whatever the limit: all of it would be
+// decoded at once to keep a few objects, and the process's memory would
+// peak with the cluster's size. So the pages are read from one consistent
+// snapshot (resourceVersion "", as kubectl get reads), each dropped as soon
+// as it is filtered. The informer's store is replaced by the result, so the
+// keys handed on are exactly these.
 func (f *Filter) ListWithContext(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-	list, err := f.lw.ListWithContext(ctx, o)
-	if err != nil {
+	if err := f.waitAfter(ctx); err != nil {
 		return nil, err
 	}
-	items, err := meta.ExtractList(list)
-	if err != nil {
-		return nil, err
+	if o.ResourceVersionMatch != metav1.ResourceVersionMatchExact {
+		o.ResourceVersion, o.ResourceVersionMatch = "", ""
 	}
-	kept := make([]runtime.Object, 0, len(items))
+	if o.Limit == 0 || o.Limit > PageSize {
+		o.Limit = PageSize
+	}
+	var first runtime.Object
+	var kept []runtime.Object
 	passed := map[string]bool{}
-	for _, obj := range items {
-		if f.keep(obj) {
-			kept = append(kept, obj)
-			if key, err := cache.MetaNamespaceKeyFunc(obj); err == nil {
-				passed[key] = true
+	for {
+		list, err := f.lw.ListWithContext(ctx, o)
+		if err != nil {
+			return nil, err
+		}
+		// Each item its own copy: a kept one does not hold its page.
+		items, err := meta.ExtractListWithAlloc(list)
+		if err != nil {
+			return nil, err
+		}
+		for _, obj := range items {
+			if f.keep(obj) {
+				kept = append(kept, obj)
+				if key, err := cache.MetaNamespaceKeyFunc(obj); err == nil {
+					passed[key] = true
+				}
 			}
 		}
+		lm, err := meta.ListAccessor(list)
+		if err != nil {
+			return nil, err
+		}
+		if first == nil {
+			first = list
+		}
+		if o.Continue = lm.GetContinue(); o.Continue == "" {
+			break
+		}
 	}
-	if err := meta.SetList(list, kept); err != nil {
+	// The first page's list metadata (every page has the snapshot's
+	// resourceVersion), with every kept item and nothing to continue.
+	if lm, err := meta.ListAccessor(first); err == nil {
+		lm.SetContinue("")
+		lm.SetRemainingItemCount(nil)
+	}
+	if err := meta.SetList(first, kept); err != nil {
 		return nil, err
 	}
 	f.mu.Lock()
 	f.passed = passed
 	f.mu.Unlock()
-	return list, nil
+	return first, nil
 }
 
 // WatchWithContext watches and filters the events: see Filter.
 func (f *Filter) WatchWithContext(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+	if err := f.waitAfter(ctx); err != nil {
+		return nil, err
+	}
 	w, err := f.lw.WatchWithContext(ctx, o)
 	if err != nil {
 		return nil, err

@@ -74,8 +74,9 @@ func (i *Informers) Start() { i.SharedInformerFactory.Start(i.ctx.Done()) }
 // FilterClaims makes the claim informer keep only the claims keep accepts:
 // others never reach the store, and a claim that stops being accepted is
 // deleted from it (its handlers see a delete). It must be called before the
-// claim informer is first requested.
-func (i *Informers) FilterClaims(keep func(*corev1.PersistentVolumeClaim) bool) error {
+// claim informer is first requested. Claims are listed only once the
+// informers after are filled (keep reads them).
+func (i *Informers) FilterClaims(keep func(*corev1.PersistentVolumeClaim) bool, after ...cache.InformerSynced) error {
 	lw := &cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			return i.client.CoreV1().PersistentVolumeClaims("").List(ctx, o)
@@ -88,6 +89,7 @@ func (i *Informers) FilterClaims(keep func(*corev1.PersistentVolumeClaim) bool) 
 		c, ok := obj.(*corev1.PersistentVolumeClaim)
 		return ok && keep(c)
 	})
+	f.After(after...)
 	return i.install(&corev1.PersistentVolumeClaim{}, f, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
 }
 

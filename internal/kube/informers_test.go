@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -296,5 +297,28 @@ func TestFilterPages(t *testing.T) {
 	}
 	if len(asked) != 3 || asked[0].ResourceVersion != "" || asked[0].Limit != PageSize || asked[2].Continue != "p3" {
 		t.Errorf("pages asked: %+v", asked)
+	}
+}
+
+// A filter whose keep reads other caches lists only once they are filled.
+func TestFilterAfter(t *testing.T) {
+	lw := &cache.ListWatch{
+		ListWithContextFunc: func(context.Context, metav1.ListOptions) (runtime.Object, error) {
+			return &corev1.PersistentVolumeClaimList{Items: []corev1.PersistentVolumeClaim{*claim("a", "me")}}, nil
+		},
+		WatchFuncWithContext: func(context.Context, metav1.ListOptions) (watch.Interface, error) { return watch.NewFake(), nil },
+	}
+	var filled atomic.Bool
+	f := NewFilter(lw, nil, mine)
+	f.After(filled.Load)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if _, err := f.ListWithContext(ctx, metav1.ListOptions{}); err == nil {
+		t.Fatal("listed before the caches it reads were filled")
+	}
+	time.AfterFunc(200*time.Millisecond, func() { filled.Store(true) })
+	list, err := f.ListWithContext(context.Background(), metav1.ListOptions{})
+	if err != nil || len(list.(*corev1.PersistentVolumeClaimList).Items) != 1 {
+		t.Fatalf("list once filled: %v, %v", list, err)
 	}
 }
