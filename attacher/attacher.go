@@ -18,6 +18,7 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -148,7 +149,16 @@ func (a *Attacher) Run(ctx context.Context, workers int, synced func()) error {
 	}
 	defer a.queue.ShutDown()
 	vaReg, err := a.vaInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: enqueue, UpdateFunc: func(_, o any) { enqueue(o) }, DeleteFunc: a.queuePVOf,
+		AddFunc: enqueue, DeleteFunc: a.queuePVOf,
+		UpdateFunc: func(o, n any) {
+			ov, ok1 := o.(*storagev1.VolumeAttachment)
+			nv, ok2 := n.(*storagev1.VolumeAttachment)
+			if ok1 && ok2 && errorOnly(ov, nv) {
+				return
+			}
+
+			enqueue(n)
+		},
 	})
 	if err != nil {
 		return err
@@ -179,6 +189,22 @@ func (a *Attacher) Run(ctx context.Context, workers int, synced func()) error {
 }
 
 var everything = labels.Everything()
+
+// errorOnly: the update changed nothing but the attach or detach error,
+// which the attacher itself just recorded. Queuing it would retry at once,
+// not after the backoff (external-attacher's shouldEnqueueVAChange).
+func errorOnly(old, cur *storagev1.VolumeAttachment) bool {
+	if old == cur || old.ResourceVersion == cur.ResourceVersion && cur.ResourceVersion != "" { // a resync
+		return false
+	}
+	if old.Status.AttachError == nil && old.Status.DetachError == nil && cur.Status.AttachError == nil && cur.Status.DetachError == nil {
+		return false
+	}
+	c := cur.DeepCopy()
+	c.ResourceVersion, c.ManagedFields = old.ResourceVersion, old.ManagedFields
+	c.Status.AttachError, c.Status.DetachError = old.Status.AttachError, old.Status.DetachError
+	return equality.Semantic.DeepEqual(old, c)
+}
 
 // pvKey marks queue items that are PVs, not VolumeAttachments.
 const pvKey = "pv/"

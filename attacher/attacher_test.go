@@ -391,3 +391,56 @@ func TestAttachesPVOutsideTheCache(t *testing.T) {
 		t.Error("ControllerPublishVolume was not called")
 	}
 }
+
+// failingPublish fails every ControllerPublishVolume.
+type failingPublish struct{ flakyCaps }
+
+func (d *failingPublish) ControllerPublishVolume(context.Context, *csi.ControllerPublishVolumeRequest) (*csi.ControllerPublishVolumeResponse, error) {
+	d.published.Add(1)
+	return nil, status.Error(codes.Internal, "no such disk")
+}
+
+// A failed attach is retried with backoff (1 s, 2 s, ...): the attach error
+// the attacher records does not queue the attachment again at once.
+func TestFailedAttachBacksOff(t *testing.T) {
+	const drv = "x.example.com"
+	pvName := "pv-1"
+	client := fake.NewClientset(
+		&corev1.PersistentVolume{ObjectMeta: metav1.ObjectMeta{Name: pvName}, Spec: corev1.PersistentVolumeSpec{
+			AccessModes:            []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+			PersistentVolumeSource: corev1.PersistentVolumeSource{CSI: &corev1.CSIPersistentVolumeSource{Driver: drv, VolumeHandle: "h"}}}},
+		&storagev1.CSINode{ObjectMeta: metav1.ObjectMeta{Name: "n1"}, Spec: storagev1.CSINodeSpec{Drivers: []storagev1.CSINodeDriver{{Name: drv, NodeID: "node-id-1"}}}},
+		&storagev1.VolumeAttachment{ObjectMeta: metav1.ObjectMeta{Name: "va-1"}, Spec: storagev1.VolumeAttachmentSpec{
+			Attacher: drv, NodeName: "n1", Source: storagev1.VolumeAttachmentSource{PersistentVolumeName: &pvName}}},
+	)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a := newAttacher(t, client)
+	d := &failingPublish{}
+	a.Add(drv, d)
+	done := make(chan struct{})
+	go func() { a.Run(ctx, 2, nil); close(done) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, "the attach error to be recorded", func() bool {
+		va, err := client.StorageV1().VolumeAttachments().Get(ctx, "va-1", metav1.GetOptions{})
+		return err == nil && va.Status.AttachError != nil
+	})
+	time.Sleep(2500 * time.Millisecond)
+	// The first try, then after 1 s and 2 s (+ the metadata patch's event
+	// may add one): never dozens.
+	if n := d.published.Load(); n > 4 {
+		t.Errorf("ControllerPublishVolume called %d times in 2.5 s: the attach error requeued the attachment", n)
+	}
+	old := &storagev1.VolumeAttachment{ObjectMeta: metav1.ObjectMeta{ResourceVersion: "1"}}
+	withErr := old.DeepCopy()
+	withErr.ResourceVersion = "2"
+	withErr.Status.AttachError = &storagev1.VolumeError{Message: "x"}
+	if !errorOnly(old, withErr) {
+		t.Error("an attach error alone counts as work")
+	}
+	deleted := withErr.DeepCopy()
+	deleted.DeletionTimestamp = &metav1.Time{Time: time.Now()}
+	if errorOnly(old, deleted) || errorOnly(withErr, withErr) {
+		t.Error("a deletion or a resync is not queued")
+	}
+}
