@@ -116,6 +116,7 @@ func (p *Publisher) Run(ctx context.Context, inf *kube.Informers) error {
 	if !cache.WaitForCacheSync(ctx.Done(), sc.Informer().HasSynced, pvInf.HasSynced, creg.HasSynced, preg.HasSynced) {
 		return nil
 	}
+	klog.InfoS("Publishing storage capacity", "node", p.Node, "namespace", p.Namespace, "poll", p.Poll)
 	listed := false
 	t := time.NewTicker(p.Poll)
 	defer t.Stop()

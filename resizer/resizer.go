@@ -12,6 +12,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -153,6 +155,10 @@ func (r *Resizer) Run(ctx context.Context, workers int) error {
 		return err
 	}
 	defer r.pvInf.RemoveEventHandler(preg)
+	r.mu.RLock()
+	names := slices.Sorted(maps.Keys(r.drivers))
+	r.mu.RUnlock()
+	klog.InfoS("Starting resizer", "drivers", names)
 	r.inf.Start()
 	cache.WaitForCacheSync(ctx.Done(), r.claimInf.HasSynced, r.pvInf.HasSynced, creg.HasSynced, preg.HasSynced)
 	var running sync.WaitGroup
@@ -226,6 +232,7 @@ func (r *Resizer) sync(ctx context.Context, key string) error {
 	}
 	pv, err := r.pvs.Get(pvc.Spec.VolumeName)
 	if apierrors.IsNotFound(err) {
+		klog.V(4).InfoS("The claim's PV is not in this process's cache: not resizing", "claim", key, "pv", pvc.Spec.VolumeName)
 		return nil // not one of ours (a node role caches only its own PVs)
 	}
 	if err != nil {

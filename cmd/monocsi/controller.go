@@ -40,6 +40,7 @@ func runController(ctx context.Context, args []string) error {
 	kf.Register(fs)
 	var ff flexFlags
 	ff.register(fs)
+	sf := registerSidecarFlags(fs, false)
 	elect := fs.Bool("leader-election", true, "elect a leader among replicas through a Lease; only the leader acts")
 	var lc leader.Config
 	fs.StringVar(&lc.Namespace, "leader-election-namespace", "", "namespace of the Lease; default: the pod's namespace")
@@ -135,6 +136,7 @@ func runController(ctx context.Context, args []string) error {
 			})
 		})
 		g.Go(func() error { return provisioner.Run(ctx, client, inf, provs, reg, synced) })
+		g.Go(func() error { return sf.runResizer(ctx, client, inf, caps, central) })
 		return g.Wait()
 	}
 	g.Go(func() error {

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/container-storage-interface/spec/lib/go/csi"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/kubernetes"
 
@@ -91,14 +92,24 @@ func (f *driverFlags) build(names []string) ([]nodeplugin.Plugin, error) {
 	return plugins, nil
 }
 
-// provisioners writes the CSIDriver object of each plugin and returns its
+// provisioners writes the CSIDriver object of each plugin (storageCapacity
+// set when the node role publishes the driver's capacity) and returns its
 // provisioner; nodeName makes them node deployments. caps is the process's
 // cache of drivers' capabilities.
 func provisioners(ctx context.Context, client kubernetes.Interface, caps *capability.Cache, plugins []nodeplugin.Plugin, nodeName string, extraMetadata bool) ([]*provisioner.Provisioner, error) {
 	var provs []*provisioner.Provisioner
 	for _, p := range plugins {
 		if dec, ok := p.Driver.(driver.Declarer); ok {
-			if err := csidriver.Ensure(ctx, client, p.Name, dec.Declare()); err != nil {
+			d := dec.Declare()
+			// The node role publishes node-local drivers' capacity.
+			if nodeName != "" && d.NodeLocal && publishCapacity {
+				s, err := caps.Get(ctx, p.Name, p.Driver)
+				if err != nil {
+					return nil, err
+				}
+				d.StorageCapacity = s.Controller(csi.ControllerServiceCapability_RPC_GET_CAPACITY)
+			}
+			if err := csidriver.Ensure(ctx, client, p.Name, d); err != nil {
 				return nil, err
 			}
 		}

@@ -39,6 +39,7 @@ func runNode(ctx context.Context, args []string) error {
 	kf.Register(fs)
 	var ff flexFlags
 	ff.register(fs)
+	sf := registerSidecarFlags(fs, true)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -107,7 +108,8 @@ func runNode(ctx context.Context, args []string) error {
 					if err := provisioner.Filter(inf, provs, nil); err != nil {
 						return err
 					}
-					return provisioner.Run(ctx, client, inf, provs, reg, nil)
+					// Resizer and capacity once the caches are filtered and filled.
+					return provisioner.Run(ctx, client, inf, provs, reg, sf.startNode(ctx, g, client, inf, local, df.nodeID))
 				}
 				klog.ErrorS(err, "Cannot start provisioning yet; retrying", "in", wait)
 				select {
