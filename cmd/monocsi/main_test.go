@@ -35,6 +35,14 @@ func TestRoleFlags(t *testing.T) {
 		if got := fs.Lookup("local-root") != nil; got != wantLocal {
 			t.Errorf("%s: --local-root listed: %v, want %v", cmd, got, wantLocal)
 		}
+		if cmd == "serve" {
+			continue
+		}
+		// Capacity is published by the node role only; both roles resize.
+		registerSidecarFlags(fs, cmd == "node")
+		if fs.Lookup("enable-resizer") == nil || (fs.Lookup("enable-capacity") != nil) != (cmd == "node") {
+			t.Errorf("%s: resizer flag %v, capacity flag %v", cmd, fs.Lookup("enable-resizer"), fs.Lookup("enable-capacity"))
+		}
 	}
 	root := filepath.Join(t.TempDir(), "root")
 	df := driverFlags{nodeID: "n1", localRoot: root, noLocal: true}
