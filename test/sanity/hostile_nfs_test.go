@@ -32,8 +32,9 @@ type nfsHostile struct {
 	ctl     csi.ControllerClient
 	node    csi.NodeClient
 	c       *canary
-	pods    string // targets go here
-	outside string // a directory outside the share (not the canary): archives to lure a restore
+	pods    string        // targets go here
+	outside string        // a directory outside the share (not the canary): archives to lure a restore
+	timeout time.Duration // of each call; callTimeout when zero
 }
 
 const victimData = "the victim volume's data"
@@ -51,12 +52,23 @@ func (h *nfsHostile) snapID(name, src string) string {
 	return strings.Join([]string{h.n.server, strings.Trim(h.n.share, "/"), name, name, src}, "#")
 }
 
+// callTimeout bounds each call of the hostile tests.
+const callTimeout = time.Minute
+
 func callCtx() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), time.Minute)
+	return context.WithTimeout(context.Background(), callTimeout)
+}
+
+// ctx is a call's context, under the test's timeout.
+func (h *nfsHostile) ctx() (context.Context, context.CancelFunc) {
+	if h.timeout == 0 {
+		return callCtx()
+	}
+	return context.WithTimeout(context.Background(), h.timeout)
 }
 
 func (h *nfsHostile) create(name string, params map[string]string, src *csi.VolumeContentSource) (*csi.Volume, error) {
-	ctx, cancel := callCtx()
+	ctx, cancel := h.ctx()
 	defer cancel()
 	resp, err := h.ctl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: name, Parameters: params,
 		VolumeCapabilities: []*csi.VolumeCapability{fsCap}, VolumeContentSource: src})
@@ -64,35 +76,35 @@ func (h *nfsHostile) create(name string, params map[string]string, src *csi.Volu
 }
 
 func (h *nfsHostile) delete(id string) error {
-	ctx, cancel := callCtx()
+	ctx, cancel := h.ctx()
 	defer cancel()
 	_, err := h.ctl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id})
 	return err
 }
 
 func (h *nfsHostile) snapshot(name, srcID string, params map[string]string) (*csi.Snapshot, error) {
-	ctx, cancel := callCtx()
+	ctx, cancel := h.ctx()
 	defer cancel()
 	resp, err := h.ctl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: name, SourceVolumeId: srcID, Parameters: params})
 	return resp.GetSnapshot(), err
 }
 
 func (h *nfsHostile) deleteSnapshot(id string) error {
-	ctx, cancel := callCtx()
+	ctx, cancel := h.ctx()
 	defer cancel()
 	_, err := h.ctl.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: id})
 	return err
 }
 
 func (h *nfsHostile) publish(id, target string, vc map[string]string) error {
-	ctx, cancel := callCtx()
+	ctx, cancel := h.ctx()
 	defer cancel()
 	_, err := h.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, TargetPath: target, VolumeCapability: fsCap, VolumeContext: vc})
 	return err
 }
 
 func (h *nfsHostile) unpublish(id, target string) error {
-	ctx, cancel := callCtx()
+	ctx, cancel := h.ctx()
 	defer cancel()
 	_, err := h.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target})
 	return err
@@ -707,12 +719,35 @@ func sameFiles(t *testing.T, dir string, want map[string]string) {
 // lure archive) and to a sibling volume, while those calls run. Nothing
 // outside the share may be read into an archive or a volume, nor written or
 // removed there, and no call may fail with INTERNAL or UNKNOWN.
+//
+// On a real NFS server (MONOCSI_NFS_SERVER) every call mounts the share, so
+// the test runs fewer rounds there; everywhere, a call that takes longer
+// than slowCall is a failure (a CSI call must not block for minutes), and
+// the test removes all it made on the share, the driver's leftovers of
+// refused calls too (a snapshot directory the driver left because it was a
+// symlink when it looked), so the next test starts from an empty share.
 func TestNFSSymlinkSwap(t *testing.T) {
 	n := nfsSetup(t)
 	srv := serveNFS(t, n)
+	const slowCall = 30 * time.Second
 	h := &nfsHostile{n: n, srv: srv, ctl: csi.NewControllerClient(srv.conn), node: csi.NewNodeClient(srv.conn),
-		c: newCanary(t), outside: realTempDir(t)}
+		c: newCanary(t), outside: realTempDir(t), timeout: slowCall + 15*time.Second}
 	becomeSubreaper(t)
+	rounds := 25
+	if n.real {
+		rounds = 4
+	}
+	// Runs after the test's defers (the swappers have stopped by then).
+	before := entries(t, n.export)
+	t.Cleanup(func() {
+		for _, e := range entries(t, n.export) {
+			if !slices.Contains(before, e) {
+				if err := os.RemoveAll(h.sh(e)); err != nil {
+					t.Errorf("clean %s off the share: %v", e, err)
+				}
+			}
+		}
+	})
 	src, err := h.create("pvc-src", n.params(), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -760,6 +795,9 @@ func TestNFSSymlinkSwap(t *testing.T) {
 	stop := make(chan struct{})
 	var swappers sync.WaitGroup
 	var paused sync.RWMutex
+	var stopOnce sync.Once
+	stopSwapping := func() { stopOnce.Do(func() { close(stop); swappers.Wait() }) }
+	defer stopSwapping() // on a t.Fatal too
 	for i, sw := range swaps {
 		swappers.Add(1)
 		go func(fd int) {
@@ -784,7 +822,14 @@ func TestNFSSymlinkSwap(t *testing.T) {
 	}
 
 	counts := map[string]map[codes.Code]int{}
-	note := func(op string, err error) {
+	var slowest time.Duration
+	slow := false
+	// timed runs a call and notes its result and how long it took.
+	timed := func(op string, call func() error) error {
+		start := time.Now()
+		err := call()
+		took := time.Since(start)
+		slowest = max(slowest, took)
 		if counts[op] == nil {
 			counts[op] = map[codes.Code]int{}
 		}
@@ -792,15 +837,23 @@ func TestNFSSymlinkSwap(t *testing.T) {
 		if c := status.Code(err); c == codes.Internal || c == codes.Unknown {
 			t.Errorf("%s: %v", op, err)
 		}
+		if took > slowCall {
+			t.Errorf("%s took %s (more than %s): %v", op, took.Round(time.Millisecond), slowCall, err)
+			slow = true
+		}
+		return err
 	}
-	for i := range 25 {
-		snap, err := h.snapshot("snap-new", src.GetVolumeId(), nil)
-		note("CreateSnapshot", err)
+	for i := 0; i < rounds && !slow; i++ {
+		var snap *csi.Snapshot
+		err := timed("CreateSnapshot", func() (err error) {
+			snap, err = h.snapshot("snap-new", src.GetVolumeId(), nil)
+			return err
+		})
 		if err == nil {
 			paused.Lock()
 			h.checkArchive(t, "snap-new/pvc-src.tar.gz")
 			paused.Unlock()
-			note("DeleteSnapshot", h.deleteSnapshot(snap.GetSnapshotId()))
+			timed("DeleteSnapshot", func() error { return h.deleteSnapshot(snap.GetSnapshotId()) })
 		}
 		for _, c := range []struct {
 			op  string
@@ -810,19 +863,21 @@ func TestNFSSymlinkSwap(t *testing.T) {
 			{"clone", fromVolume(src.GetVolumeId())},
 		} {
 			name := fmt.Sprintf("pvc-%s-%d", c.op, i)
-			vol, err := h.create(name, n.params(), c.src)
-			note(c.op, err)
+			var vol *csi.Volume
+			err := timed(c.op, func() (err error) {
+				vol, err = h.create(name, n.params(), c.src)
+				return err
+			})
 			if err == nil {
 				paused.Lock()
 				h.checkVolume(t, name)
 				paused.Unlock()
-				note("DeleteVolume", h.delete(vol.GetVolumeId()))
+				timed("DeleteVolume", func() error { return h.delete(vol.GetVolumeId()) })
 			}
 		}
 	}
-	close(stop)
-	swappers.Wait()
-	t.Logf("calls by result while directories were swapped: %v", counts)
+	stopSwapping()
+	t.Logf("%d rounds; calls by result while directories were swapped: %v; the slowest took %s", rounds, counts, slowest.Round(time.Millisecond))
 
 	h.c.check(t)
 	if after := listTree(t, h.outside); !slices.Equal(after, outsideBefore) {
