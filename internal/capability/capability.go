@@ -23,11 +23,6 @@ type Set struct {
 	controller []csi.ControllerServiceCapability_RPC_Type
 }
 
-// NewSet is a Set of the given capabilities (tests).
-func NewSet(plugin []csi.PluginCapability_Service_Type, controller ...csi.ControllerServiceCapability_RPC_Type) Set {
-	return Set{plugin: plugin, controller: controller}
-}
-
 // Plugin tells whether the driver has the plugin capability t.
 func (s Set) Plugin(t csi.PluginCapability_Service_Type) bool { return slices.Contains(s.plugin, t) }
 
