@@ -10,8 +10,8 @@ import (
 
 	"github.com/kubernetes-csi/csi-test/v5/pkg/sanity"
 
-	"github.com/monocsi/monocsi/test/testbin"
 	"github.com/monocsi/monocsi/test/flexsamples"
+	"github.com/monocsi/monocsi/test/testbin"
 )
 
 // serveFlex installs a sample FlexVolume driver and starts `monocsi serve

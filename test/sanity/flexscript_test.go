@@ -18,9 +18,9 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/monocsi/monocsi/driver/flex"
-	"github.com/monocsi/monocsi/test/testbin"
 	"github.com/monocsi/monocsi/test/flexsamples"
 	"github.com/monocsi/monocsi/test/nfsemu"
+	"github.com/monocsi/monocsi/test/testbin"
 )
 
 // TestNFSFlexScript runs the bash + jq NFS sample (test/flexsamples/nfsscript)

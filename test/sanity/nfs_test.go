@@ -18,8 +18,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
-	"github.com/monocsi/monocsi/test/testbin"
 	"github.com/monocsi/monocsi/test/nfsemu"
+	"github.com/monocsi/monocsi/test/testbin"
 )
 
 // nfsTarget is the NFS server the NFS tests use: a real one when
