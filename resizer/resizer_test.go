@@ -390,3 +390,37 @@ func TestOtherDriversAndStaticSizesIgnored(t *testing.T) {
 		t.Errorf("calls %v, want none", c)
 	}
 }
+
+// nodeOnly expands only on nodes (node EXPAND_VOLUME, no controller one).
+type nodeOnly struct{ fakeDriver }
+
+func (*nodeOnly) ControllerGetCapabilities(context.Context, *csi.ControllerGetCapabilitiesRequest) (*csi.ControllerGetCapabilitiesResponse, error) {
+	return driver.ControllerCapabilities(), nil
+}
+
+func (*nodeOnly) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {
+	return driver.NodeCapabilities(csi.NodeServiceCapability_RPC_EXPAND_VOLUME), nil
+}
+
+func TestNodeOnlyExpansion(t *testing.T) {
+	// As external-resizer: no controller call; the PV takes the size and
+	// the kubelet's NodeExpandVolume finishes.
+	pvc, pv := objects("1Gi", "2Gi", "1Gi")
+	client := newClient(pvc, pv)
+	d := &nodeOnly{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	defer func() { cancel(); <-done }()
+	r := New(client, kube.NewInformers(ctx, client), nil)
+	r.Add(drv, d)
+	go func() { defer close(done); r.Run(ctx, 1) }()
+	pvc, pv = waitFor(t, client, "waiting for the node", func(c *corev1.PersistentVolumeClaim, _ *corev1.PersistentVolume) bool {
+		return condition(c, corev1.PersistentVolumeClaimFileSystemResizePending) != nil
+	})
+	if size(pv.Spec.Capacity) != "2Gi" || pvc.Status.AllocatedResourceStatuses[corev1.ResourceStorage] != corev1.PersistentVolumeClaimNodeResizePending {
+		t.Errorf("PV %s, claim status %+v", size(pv.Spec.Capacity), pvc.Status)
+	}
+	if c := d.Calls(); len(c) != 0 {
+		t.Errorf("ControllerExpandVolume called: %v", c)
+	}
+}
