@@ -130,17 +130,19 @@ func TestSymlinkSwapDuringCopy(t *testing.T) {
 	defer srcRoot.Close()
 
 	// swap puts a symlink to the canary (absolute, then relative) in
-	// place of dir and back, until stopped.
-	swap := func(dir string, stop <-chan struct{}, done *sync.WaitGroup) {
+	// place of name in root and back, until stopped. It works through the
+	// root so that it never follows the other swapper's symlink itself
+	// (nested swaps would otherwise write into the canary).
+	swap := func(root *os.Root, name string, stop <-chan struct{}, done *sync.WaitGroup) {
 		defer done.Done()
-		rel, _ := filepath.Rel(filepath.Dir(dir), canary)
+		rel, _ := filepath.Rel(filepath.Dir(filepath.Join(root.Name(), name)), canary)
 		for i := 0; ; i++ {
 			select {
 			case <-stop:
 				return
 			default:
 			}
-			if os.Rename(dir, dir+".real") != nil {
+			if root.Rename(name, name+".real") != nil {
 				runtime.Gosched()
 				continue
 			}
@@ -148,17 +150,17 @@ func TestSymlinkSwapDuringCopy(t *testing.T) {
 			if i%2 == 1 {
 				to = rel
 			}
-			os.Symlink(to, dir)
+			root.Symlink(to, name)
 			runtime.Gosched()
-			os.Remove(dir)
-			os.Rename(dir+".real", dir)
+			root.Remove(name)
+			root.Rename(name+".real", name)
 		}
 	}
 	stop := make(chan struct{})
 	var swappers sync.WaitGroup
 	swappers.Add(2)
-	go swap(filepath.Join(src, "d"), stop, &swappers)
-	go swap(filepath.Join(src, "d", "d3"), stop, &swappers)
+	go swap(srcRoot, "d", stop, &swappers)
+	go swap(srcRoot, "d/d3", stop, &swappers)
 	var failed int
 	for i := range 30 {
 		if _, err := WriteFileAt(outRoot, "a.tar.gz", srcRoot); err != nil {
@@ -182,7 +184,7 @@ func TestSymlinkSwapDuringCopy(t *testing.T) {
 		rstop := make(chan struct{})
 		var rs sync.WaitGroup
 		rs.Add(1)
-		go swap(filepath.Join(dst, "d"), rstop, &rs)
+		go swap(dstRoot, "d", rstop, &rs)
 		if ExtractFileAt(outRoot, "good.tar.gz", dstRoot) != nil {
 			failed++
 		}

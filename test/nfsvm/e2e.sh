@@ -19,7 +19,7 @@
 #   KERNEL_OUT          the full output (default e2e-kernel.out in the checkout)
 #   MONOCSI_NFSVM_RUN   -test.run pattern of the nfs suite (default NFS: the NFS driver's tests)
 #   MONOCSI_LOCALVM_RUN -test.run pattern of the local suite (default LocalQuota)
-#   NFSVM_TIMEOUT       bound of the whole VM run in seconds (default 270 per nfs run, 120 per local run, plus 60)
+#   NFSVM_TIMEOUT       bound of the whole VM run in seconds (default 420 per nfs run, 120 per local run, plus 60)
 #   NFSVM_VERSIONS      the nfsvers values, one run each (default "4.1 3")
 #   LOCALVM_FS          the filesystems of the local suite, one run each (default "xfs ext4")
 set -uo pipefail
@@ -44,9 +44,9 @@ done
 [ ${#runs[@]} -gt 0 ] || { echo "FAIL: no suite to run (KERNEL_SUITES)"; exit 1; }
 # Each run gets its share of the VM's time, less a minute for boot and the
 # checks, so a hung test ends with Go's goroutine dump, not a killed VM: by
-# default 270 s per nfs run and 120 s per local run (NFSVM_TIMEOUT their sum
+# default 420 s per nfs run and 120 s per local run (NFSVM_TIMEOUT their sum
 # and the minute); a given NFSVM_TIMEOUT is shared in the same proportions.
-NFS_T=270 LOCAL_T=120 n_nfs=0 n_local=0
+NFS_T=420 LOCAL_T=120 n_nfs=0 n_local=0
 for r in "${runs[@]}"; do case $r in nfsvers=*) n_nfs=$((n_nfs + 1)) ;; *) n_local=$((n_local + 1)) ;; esac; done
 want=$((n_nfs * NFS_T + n_local * LOCAL_T))
 export NFSVM_TIMEOUT=${NFSVM_TIMEOUT:-$((want + 60))}

@@ -723,9 +723,9 @@ func sameFiles(t *testing.T, dir string, want map[string]string) {
 // On a real NFS server (MONOCSI_NFS_SERVER) every call mounts the share, so
 // the test runs fewer rounds there; everywhere, a call that takes longer
 // than slowCall is a failure (a CSI call must not block for minutes), and
-// the test removes all it made on the share, the driver's leftovers of
-// refused calls too (a snapshot directory the driver left because it was a
-// symlink when it looked), so the next test starts from an empty share.
+// nfsSetup's cleanup removes all the test made on the share, the driver's
+// leftovers of refused calls too (a snapshot directory the driver left
+// because it was a symlink when it looked).
 func TestNFSSymlinkSwap(t *testing.T) {
 	n := nfsSetup(t)
 	srv := serveNFS(t, n)

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -35,8 +36,20 @@ type nfsTarget struct {
 func nfsSetup(t *testing.T) nfsTarget {
 	requireRoot(t)
 	if server := os.Getenv("MONOCSI_NFS_SERVER"); server != "" {
-		// The server runs on this machine: its export is a local directory.
+		// The server runs on this machine: its export is a local directory,
+		// shared by every test, so each one leaves it as it found it
+		// (hostile tests make symlinks and files the driver must not remove).
 		share := os.Getenv("MONOCSI_NFS_SHARE")
+		before := entries(t, share)
+		t.Cleanup(func() { // after the test's server has stopped
+			for _, e := range entries(t, share) {
+				if !slices.Contains(before, e) {
+					if err := os.RemoveAll(filepath.Join(share, e)); err != nil {
+						t.Errorf("clean %s off the share: %v", e, err)
+					}
+				}
+			}
+		})
 		return nfsTarget{server: server, share: share, export: share, mountOptions: os.Getenv("MONOCSI_NFS_MOUNT_OPTIONS"), real: true}
 	}
 	emu := nfsemu.Start(t)
