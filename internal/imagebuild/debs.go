@@ -14,6 +14,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/monocsi/monocsi/internal/filelock"
 )
 
 // Package is one pinned Debian package of one architecture.
@@ -129,6 +131,11 @@ func FetchPackages(ctx context.Context, cache string, pkgs []Package) (map[strin
 	if err := os.MkdirAll(debs, 0o755); err != nil {
 		return nil, err
 	}
+	unlock, err := filelock.Lock(filepath.Join(cache, "fetch.lock"))
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	out := map[string][]string{}
 	updated := map[string]bool{}
 	for _, p := range pkgs {

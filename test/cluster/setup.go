@@ -16,6 +16,8 @@ import (
 	"runtime"
 	"strings"
 	"time"
+
+	"github.com/monocsi/monocsi/internal/filelock"
 )
 
 // DefaultK8sVersion is the Kubernetes release the test cluster runs unless
@@ -100,9 +102,23 @@ func EnsureBinaries(log io.Writer) (string, error) {
 	if haveAll(dir) {
 		return dir, nil
 	}
+	// Another run may be building the same version: wait for it, then
+	// look again.
+	if err := os.MkdirAll(CacheDir(), 0o755); err != nil {
+		return "", err
+	}
+	unlock, err := filelock.Lock(dir + ".lock")
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
+	if haveAll(dir) {
+		return dir, nil
+	}
 	fmt.Fprintf(log, "==> building Kubernetes %s (%s) into %s; cached for later runs\n", K8sVersion, strings.Join(Binaries, ", "), dir)
 	start := time.Now()
 	tmp := dir + ".tmp"
+	os.RemoveAll(tmp) // a killed build's leftovers
 	if err := os.MkdirAll(tmp, 0o755); err != nil {
 		return "", err
 	}
