@@ -71,7 +71,7 @@ func deleteSnapshot(t *testing.T, name string) {
 // readySnapshot waits until the VolumeSnapshot is ready and checks what
 // csi-snapshotter writes: the content's handle, creation time and restore
 // size, and its finalizer and the snapshot-controller's.
-func readySnapshot(t *testing.T, name, driver string, size resource.Quantity) (*snapv1.VolumeSnapshot, *snapv1.VolumeSnapshotContent) {
+func readySnapshot(t *testing.T, name, driver string) (*snapv1.VolumeSnapshot, *snapv1.VolumeSnapshotContent) {
 	t.Helper()
 	ctx := context.Background()
 	var s *snapv1.VolumeSnapshot
@@ -99,7 +99,8 @@ func readySnapshot(t *testing.T, name, driver string, size resource.Quantity) (*
 		"content creationTime":                    st != nil && st.CreationTime != nil && *st.CreationTime > 0,
 		"content readyToUse":                      st != nil && st.ReadyToUse != nil && *st.ReadyToUse,
 		"snapshot creationTime":                   s.Status.CreationTime != nil && time.Since(s.Status.CreationTime.Time) < 10*time.Minute,
-		"snapshot restoreSize = the claim's size": s.Status.RestoreSize != nil && s.Status.RestoreSize.Cmp(size) == 0,
+		"content restoreSize":                     st != nil && st.RestoreSize != nil && *st.RestoreSize > 0,
+		"snapshot restoreSize = the content's":    s.Status.RestoreSize != nil && st != nil && st.RestoreSize != nil && s.Status.RestoreSize.Value() == *st.RestoreSize,
 		"csi-snapshotter's content finalizer":     hasString(c.Finalizers, "snapshot.storage.kubernetes.io/volumesnapshotcontent-bound-protection"),
 		"the snapshot-controller's finalizer":     hasString(s.Finalizers, "snapshot.storage.kubernetes.io/volumesnapshot-bound-protection"),
 	}
@@ -139,9 +140,11 @@ func restoredClaim(t *testing.T, name, class, snap string) {
 }
 
 // snapshotRoundTrip: a claim written by a pod, a VolumeSnapshot of it that
-// becomes ready, a claim restored from it whose pod reads the data, and the
-// snapshot's archive (archive(handle)) gone once the snapshot is deleted.
-func snapshotRoundTrip(t *testing.T, class, driver, prefix string, archive func(handle string) string) {
+// becomes ready with the restore size the driver reports (restoreSize, from
+// the archive's path), a claim restored from it whose pod reads the data,
+// and the snapshot's archive (archive(handle)) gone once the snapshot is
+// deleted.
+func snapshotRoundTrip(t *testing.T, class, driver, prefix string, archive func(handle string) string, restoreSize func(path string) int64) {
 	snapshotClass(t, class, driver)
 	src, snap, restored := prefix+"-src", prefix+"-snap", prefix+"-restored"
 	claim(t, src, class)
@@ -149,10 +152,12 @@ func snapshotRoundTrip(t *testing.T, class, driver, prefix string, archive func(
 	checkPod(t, src+"-written", claimVolume(src), `grep -q "hello from `+w.Name+`" /data/hello`)
 	deletePod(t, w.Name) // nothing writes while the snapshot is taken
 	volumeSnapshot(t, snap, class, src)
-	_, c := readySnapshot(t, snap, driver, resource.MustParse("16Mi"))
+	s, c := readySnapshot(t, snap, driver)
 	path := archive(*c.Status.SnapshotHandle)
 	if _, err := os.Stat(path); err != nil {
 		t.Errorf("the snapshot's archive: %v", err)
+	} else if want := restoreSize(path); s.Status.RestoreSize == nil || s.Status.RestoreSize.Value() != want {
+		t.Errorf("restoreSize %v, want %d", s.Status.RestoreSize, want)
 	}
 
 	restoredClaim(t, restored, class, snap)
@@ -180,7 +185,7 @@ func TestSnapshotLocal(t *testing.T) {
 	storageClass(t, "e2e-snap-local", corev1.PersistentVolumeReclaimDelete, nil)
 	snapshotRoundTrip(t, "e2e-snap-local", localDriver, "snap-local", func(handle string) string {
 		return filepath.Join(tc.LocalRoot(), ".monocsi", "snapshots", handle+".tar.gz")
-	})
+	}, func(string) int64 { return 16 << 20 }) // the source volume's size
 }
 
 // NFS snapshots are archives on the share, taken by the controller.
@@ -194,6 +199,12 @@ func TestSnapshotNFS(t *testing.T) {
 			t.Fatalf("snapshot handle %q is not csi-driver-nfs's", handle)
 		}
 		return filepath.Join(share, f[2], f[4]+".tar.gz")
+	}, func(path string) int64 { // the archive's size, as csi-driver-nfs
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Size()
 	})
 }
 
