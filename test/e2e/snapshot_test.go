@@ -94,15 +94,15 @@ func readySnapshot(t *testing.T, name, driver string) (*snapv1.VolumeSnapshot, *
 	}
 	st := c.Status
 	checks := map[string]bool{
-		"content driver":                          c.Spec.Driver == driver,
-		"content snapshotHandle":                  st != nil && st.SnapshotHandle != nil && *st.SnapshotHandle != "",
-		"content creationTime":                    st != nil && st.CreationTime != nil && *st.CreationTime > 0,
-		"content readyToUse":                      st != nil && st.ReadyToUse != nil && *st.ReadyToUse,
-		"snapshot creationTime":                   s.Status.CreationTime != nil && time.Since(s.Status.CreationTime.Time) < 10*time.Minute,
-		"content restoreSize":                     st != nil && st.RestoreSize != nil && *st.RestoreSize > 0,
-		"snapshot restoreSize = the content's":    s.Status.RestoreSize != nil && st != nil && st.RestoreSize != nil && s.Status.RestoreSize.Value() == *st.RestoreSize,
-		"csi-snapshotter's content finalizer":     hasString(c.Finalizers, "snapshot.storage.kubernetes.io/volumesnapshotcontent-bound-protection"),
-		"the snapshot-controller's finalizer":     hasString(s.Finalizers, "snapshot.storage.kubernetes.io/volumesnapshot-bound-protection"),
+		"content driver":                       c.Spec.Driver == driver,
+		"content snapshotHandle":               st != nil && st.SnapshotHandle != nil && *st.SnapshotHandle != "",
+		"content creationTime":                 st != nil && st.CreationTime != nil && *st.CreationTime > 0,
+		"content readyToUse":                   st != nil && st.ReadyToUse != nil && *st.ReadyToUse,
+		"snapshot creationTime":                s.Status.CreationTime != nil && time.Since(s.Status.CreationTime.Time) < 10*time.Minute,
+		"content restoreSize":                  st != nil && st.RestoreSize != nil && *st.RestoreSize > 0,
+		"snapshot restoreSize = the content's": s.Status.RestoreSize != nil && st != nil && st.RestoreSize != nil && s.Status.RestoreSize.Value() == *st.RestoreSize,
+		"csi-snapshotter's content finalizer":  hasString(c.Finalizers, "snapshot.storage.kubernetes.io/volumesnapshotcontent-bound-protection"),
+		"the snapshot-controller's finalizer":  hasString(s.Finalizers, "snapshot.storage.kubernetes.io/volumesnapshot-bound-protection"),
 	}
 	for what, ok := range checks {
 		if !ok {
