@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
+	snapclient "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
@@ -51,6 +53,9 @@ type Options struct {
 	VolumeNamePrefix string
 	// Timeout bounds every CSI call; 60 s when zero.
 	Timeout time.Duration
+	// Snapshots reads the VolumeSnapshots claims restore from; nil: such
+	// claims fail with a clear Event.
+	Snapshots snapclient.Interface
 	// Capabilities is the process's cache of drivers' capabilities, shared
 	// with the attacher; nil: one of its own.
 	Capabilities *capability.Cache
@@ -380,7 +385,8 @@ func (p *Provisioner) readSecret(ctx context.Context, ref *corev1.SecretReferenc
 	return s, nil
 }
 
-// sourceVolume resolves a clone source: a bound claim of the same class in
+// contentSource resolves a claim's data source: a VolumeSnapshot
+// (snapshotSource), or a clone source: a bound claim of the same class in
 // the same namespace, whose PV belongs to this driver.
 func (p *Provisioner) contentSource(ctx context.Context, pvc *corev1.PersistentVolumeClaim, sc *storagev1.StorageClass, size int64) (*csi.VolumeContentSource, error) {
 	ds := pvc.Spec.DataSourceRef
@@ -396,8 +402,8 @@ func (p *Provisioner) contentSource(ctx context.Context, pvc *corev1.PersistentV
 	}
 	switch {
 	case group == "" && ds.Kind == "PersistentVolumeClaim":
-	case group == "snapshot.storage.k8s.io" && ds.Kind == "VolumeSnapshot":
-		return nil, fmt.Errorf("data source VolumeSnapshot %s: restoring snapshots is not supported by monocsi yet", ds.Name)
+	case group == snapv1.GroupName && ds.Kind == "VolumeSnapshot":
+		return p.snapshotSource(ctx, pvc, ds, size)
 	default:
 		return nil, fmt.Errorf("data source %s %s.%s is not supported", ds.Name, ds.Kind, group)
 	}

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 	"github.com/monocsi/monocsi/internal/opmetrics"
 	"github.com/monocsi/monocsi/nodeplugin"
 	"github.com/monocsi/monocsi/provisioner"
+	"github.com/monocsi/monocsi/snapshotter"
 )
 
 // runController is the controller role: while it leads (one Lease for the
@@ -72,6 +74,10 @@ func runController(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	snap, err := kf.SnapshotClient()
+	if err != nil {
+		return err
+	}
 	leaseClient, err := kf.LeaseClient()
 	if err != nil {
 		return err
@@ -98,7 +104,7 @@ func runController(ctx context.Context, args []string) error {
 	filtered := false // attempts of the work run one after the other
 	// work returns only when every worker has: the Lease is released after.
 	work := func(ctx context.Context, acting func()) error {
-		provs, err := provisioners(ctx, client, caps, central, "", *extraMetadata)
+		provs, err := provisioners(ctx, client, snap, caps, central, "", *extraMetadata)
 		if err != nil {
 			return err
 		}
@@ -121,6 +127,10 @@ func runController(ctx context.Context, args []string) error {
 		// FlexVolume drivers that attach are attached here, as the
 		// kube-controller-manager did: the executables must be on this node.
 		att := attacher.New(client, inf, caps)
+		// Flex drivers get the snapshotter too, once it runs: none can take
+		// snapshots, and their VolumeSnapshots must say so.
+		snapReady := make(chan struct{})
+		var snapper *snapshotter.Sidecar
 		g, ctx := errgroup.WithContext(ctx)
 		g.Go(func() error { return att.Run(ctx, 10, synced) })
 		g.Go(func() error {
@@ -129,6 +139,15 @@ func runController(ctx context.Context, args []string) error {
 					att.Add(name, d)
 					defer att.Remove(name, d)
 				}
+				var snapping sync.WaitGroup
+				defer snapping.Wait()
+				snapping.Go(func() {
+					select {
+					case <-snapReady:
+						_ = snapper.Run(ctx, name, d)
+					case <-ctx.Done():
+					}
+				})
 				// The controller is the one writer of flex drivers' CSIDriver objects.
 				supervisor.KeepCSIDriver(ctx, client, name, d)
 				<-ctx.Done()
@@ -137,6 +156,12 @@ func runController(ctx context.Context, args []string) error {
 		})
 		g.Go(func() error { return provisioner.Run(ctx, client, inf, provs, reg, synced) })
 		g.Go(func() error { return sf.runResizer(ctx, client, inf, caps, central) })
+		g.Go(func() error {
+			return sf.snapshots(ctx, client, snap, caps, central, "", func(s *snapshotter.Sidecar) {
+				snapper = s
+				close(snapReady)
+			})
+		})
 		return g.Wait()
 	}
 	g.Go(func() error {

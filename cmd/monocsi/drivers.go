@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	snapclient "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/kubernetes"
 
@@ -95,8 +96,9 @@ func (f *driverFlags) build(names []string) ([]nodeplugin.Plugin, error) {
 // provisioners writes the CSIDriver object of each plugin (storageCapacity
 // set when the node role publishes the driver's capacity) and returns its
 // provisioner; nodeName makes them node deployments. caps is the process's
-// cache of drivers' capabilities.
-func provisioners(ctx context.Context, client kubernetes.Interface, caps *capability.Cache, plugins []nodeplugin.Plugin, nodeName string, extraMetadata bool) ([]*provisioner.Provisioner, error) {
+// cache of drivers' capabilities; snap reads the VolumeSnapshots claims
+// restore from.
+func provisioners(ctx context.Context, client kubernetes.Interface, snap snapclient.Interface, caps *capability.Cache, plugins []nodeplugin.Plugin, nodeName string, extraMetadata bool) ([]*provisioner.Provisioner, error) {
 	var provs []*provisioner.Provisioner
 	for _, p := range plugins {
 		if dec, ok := p.Driver.(driver.Declarer); ok {
@@ -113,7 +115,7 @@ func provisioners(ctx context.Context, client kubernetes.Interface, caps *capabi
 				return nil, err
 			}
 		}
-		prov, err := provisioner.New(ctx, client, provisioner.Options{Driver: p.Driver, NodeName: nodeName, ExtraCreateMetadata: extraMetadata, Capabilities: caps})
+		prov, err := provisioner.New(ctx, client, provisioner.Options{Driver: p.Driver, NodeName: nodeName, ExtraCreateMetadata: extraMetadata, Capabilities: caps, Snapshots: snap})
 		if err != nil {
 			return nil, fmt.Errorf("provisioner for %s: %w", p.Name, err)
 		}

@@ -97,19 +97,23 @@ func runNode(ctx context.Context, args []string) error {
 				local = append(local, p)
 			}
 		}
+		snap, err := kf.SnapshotClient()
+		if err != nil {
+			return err
+		}
 		// The node's one cache: only its own Node, CSINode, claims and PVs.
 		inf := kube.NodeInformers(ctx, client, df.nodeID)
 		// The API server may be unreachable when a node boots: keep serving
 		// the kubelet (existing volumes must mount) and retry until it answers.
 		g.Go(func() error {
 			for wait := time.Second; ; wait = min(2*wait, time.Minute) {
-				provs, err := provisioners(ctx, client, &capability.Cache{}, local, df.nodeID, *extraMetadata)
+				provs, err := provisioners(ctx, client, snap, &capability.Cache{}, local, df.nodeID, *extraMetadata)
 				if err == nil {
 					if err := provisioner.Filter(inf, provs, nil); err != nil {
 						return err
 					}
 					// Resizer and capacity once the caches are filtered and filled.
-					return provisioner.Run(ctx, client, inf, provs, reg, sf.startNode(ctx, g, client, inf, local, df.nodeID))
+					return provisioner.Run(ctx, client, inf, provs, reg, sf.startNode(ctx, g, client, snap, inf, local, df.nodeID))
 				}
 				klog.ErrorS(err, "Cannot start provisioning yet; retrying", "in", wait)
 				select {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	snapclient "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
 	"golang.org/x/sync/errgroup"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
@@ -16,6 +17,7 @@ import (
 	"github.com/monocsi/monocsi/internal/kube"
 	"github.com/monocsi/monocsi/nodeplugin"
 	"github.com/monocsi/monocsi/resizer"
+	"github.com/monocsi/monocsi/snapshotter"
 )
 
 // ResizeWorkers is how many claims the resizer handles at once
@@ -27,6 +29,10 @@ const ResizeWorkers = 10
 type sidecarFlags struct {
 	resize bool
 	poll   time.Duration
+	// snapshot is --enable-snapshotter; snapshotController (controller
+	// role only) is --snapshot-controller.
+	snapshot           bool
+	snapshotController bool
 }
 
 // publishCapacity is the node role's --enable-capacity: the CSIDriver
@@ -38,6 +44,10 @@ var publishCapacity bool
 func registerSidecarFlags(fs *flag.FlagSet, withCapacity bool) *sidecarFlags {
 	f := &sidecarFlags{}
 	fs.BoolVar(&f.resize, "enable-resizer", true, "expand the volumes of claims whose requested size grew (external-resizer's job)")
+	fs.BoolVar(&f.snapshot, "enable-snapshotter", true, "create and delete the snapshots of VolumeSnapshotContents of these drivers (csi-snapshotter's job; in the node role, of contents labelled with this node, csi-snapshotter --node-deployment); waits for the snapshot.storage.k8s.io CRDs")
+	if !withCapacity {
+		fs.BoolVar(&f.snapshotController, "snapshot-controller", false, "also run the common snapshot-controller (binds VolumeSnapshots to contents, with --enable-distributed-snapshotting) under the Lease; a cluster must run only one, so leave it off where one runs")
+	}
 	if withCapacity {
 		fs.BoolVar(&publishCapacity, "enable-capacity", true, "publish CSIStorageCapacity objects of this node's node-local drivers and set storageCapacity in their CSIDriver objects (external-provisioner's --enable-capacity)")
 		fs.DurationVar(&f.poll, "capacity-poll-interval", capacity.DefaultPoll, "how often to refresh CSIStorageCapacity objects (they are also refreshed after every volume created or deleted)")
@@ -61,11 +71,13 @@ func (f *sidecarFlags) runResizer(ctx context.Context, client kubernetes.Interfa
 
 // startNode returns what the node role calls once its provisioners' caches
 // are filtered and filled: it starts, in g, the resizer and the capacity
-// publisher of the node-local drivers.
-func (f *sidecarFlags) startNode(ctx context.Context, g *errgroup.Group, client kubernetes.Interface, inf *kube.Informers, plugins []nodeplugin.Plugin, node string) func() {
+// publisher and the snapshotter (of contents labelled with node) of the
+// node-local drivers.
+func (f *sidecarFlags) startNode(ctx context.Context, g *errgroup.Group, client kubernetes.Interface, snap snapclient.Interface, inf *kube.Informers, plugins []nodeplugin.Plugin, node string) func() {
 	return func() {
 		caps := &capability.Cache{}
 		g.Go(func() error { return f.runResizer(ctx, client, inf, caps, plugins) })
+		g.Go(func() error { return f.snapshots(ctx, client, snap, caps, plugins, node, nil) })
 		if !publishCapacity {
 			return
 		}
@@ -105,4 +117,45 @@ func hasGetCapacity(ctx context.Context, caps *capability.Cache, p nodeplugin.Pl
 		case <-time.After(wait):
 		}
 	}
+}
+
+// snapshots runs the embedded csi-snapshotter (and, with
+// --snapshot-controller, the snapshot-controller) until ctx is done, once
+// the snapshot CRDs are served. node is the node role's node (empty in the
+// controller's); add, if set, receives the sidecar to run the drivers that
+// come and go (flex).
+func (f *sidecarFlags) snapshots(ctx context.Context, client kubernetes.Interface, snap snapclient.Interface, caps *capability.Cache, plugins []nodeplugin.Plugin, node string, add func(*snapshotter.Sidecar)) error {
+	if !f.snapshot && !f.snapshotController {
+		<-ctx.Done()
+		return nil
+	}
+	for wait := 5 * time.Second; ; wait = min(2*wait, 5*time.Minute) {
+		err := snapshotter.CheckCRDs(ctx, snap)
+		if err == nil {
+			break
+		}
+		klog.InfoS("Snapshots wait for their API", "err", err, "retry", wait)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+	}
+	g, ctx := errgroup.WithContext(ctx)
+	if f.snapshotController {
+		g.Go(func() error { return snapshotter.RunController(ctx, client, snap) })
+	}
+	if f.snapshot {
+		sc, err := snapshotter.NewSidecar(ctx, client, snap, snapshotter.Options{Node: node, Capabilities: caps})
+		if err != nil {
+			return err
+		}
+		for _, p := range plugins {
+			g.Go(func() error { return sc.Run(ctx, p.Name, p.Driver) })
+		}
+		if add != nil {
+			add(sc)
+		}
+	}
+	return g.Wait()
 }

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 
+	snapclient "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -53,6 +54,15 @@ func (f Flags) LeaseClient() (kubernetes.Interface, error) {
 	cfg.QPS, cfg.Burst = 5, 10
 	cfg.UserAgent = "monocsi-leader-election"
 	return kubernetes.NewForConfig(cfg)
+}
+
+// SnapshotClient returns a client of the snapshot.storage.k8s.io API.
+func (f Flags) SnapshotClient() (snapclient.Interface, error) {
+	cfg, err := f.config()
+	if err != nil {
+		return nil, err
+	}
+	return snapclient.NewForConfig(cfg)
 }
 
 func (f Flags) config() (*rest.Config, error) {

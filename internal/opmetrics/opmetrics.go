@@ -1,7 +1,7 @@
 // Package opmetrics is csi_sidecar_operations_seconds: the duration of every
-// CSI call monocsi's embedded sidecars (provisioner, attacher) make, with
-// the sidecars' metric name and labels, so dashboards built for them keep
-// working.
+// CSI call monocsi's embedded sidecars (provisioner, attacher, resizer,
+// capacity, snapshotter) make, with the sidecars' metric name and labels, so
+// dashboards built for them keep working.
 package opmetrics
 
 import (

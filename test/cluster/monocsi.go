@@ -33,7 +33,8 @@ func (c *Cluster) NFSRoot() string { return filepath.Join(c.Dir, "nfs-servers") 
 // here: the image, the kubelet directory, the local root, the FlexVolume
 // directory (the kubelet's volumePluginDir), the API address, and the NFS
 // emulation (this kernel has no NFS; see test/nfsemu) in the pods that mount
-// shares. It waits for the node and controller pods to be ready.
+// shares, and the snapshot CRDs and snapshot-controller. It waits for the
+// node and controller pods to be ready.
 func (c *Cluster) InstallMonocsi(ctx context.Context) error {
 	return c.InstallChart(ctx, filepath.Join(RepoRoot(), "charts", "monocsi"),
 		"--set-string=image.repository="+MonocsiRepo, "--set-string=image.tag="+MonocsiTag)
@@ -108,6 +109,9 @@ func (c *Cluster) InstallChart(ctx context.Context, chart string, extra ...strin
 		// Only loopback networking here; two replicas on one host would also
 		// share the health port, so the test pods go without it.
 		"--set=controller.hostNetwork=true", "--set=controller.healthPort=0",
+		// This cluster has neither the VolumeSnapshot CRDs nor a
+		// snapshot-controller, as k3s: the chart's options bring both.
+		"--set=snapshots.installCRDs=true", "--set=snapshots.controller=true",
 	}
 	args = append(args, extra...)
 	cmd := exec.CommandContext(ctx, helm, args...)

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	snapclient "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -21,6 +22,8 @@ import (
 var (
 	tc   *cluster.Cluster
 	kube kubernetes.Interface
+	// snaps is the snapshot.storage.k8s.io client (the CRDs come with the chart here).
+	snaps snapclient.Interface
 )
 
 func TestMain(m *testing.M) {
@@ -73,6 +76,7 @@ func run(m *testing.M) int {
 		return 1
 	}
 	kube = kubernetes.NewForConfigOrDie(cfg)
+	snaps = snapclient.NewForConfigOrDie(cfg)
 	install := time.Now()
 	if err := tc.InstallMonocsi(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: FAIL: install monocsi:", err)

@@ -270,13 +270,15 @@ func TestCloneAndSnapshotSource(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { deletePod(t, "e2e-from-snap-user") })
-	eventually(t, 2*time.Minute, "ProvisioningFailed for the snapshot source", func() error {
+	// Restoring works (TestSnapshotLocal); a snapshot that does not exist
+	// is a clear failure, retried until it does.
+	eventually(t, 2*time.Minute, "ProvisioningFailed for the missing snapshot source", func() error {
 		evs, err := kube.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=e2e-from-snap,reason=ProvisioningFailed"})
 		if err != nil {
 			return err
 		}
 		for _, e := range evs.Items {
-			if strings.Contains(e.Message, "VolumeSnapshot") {
+			if strings.Contains(e.Message, "VolumeSnapshot "+ns+"/snap not found") {
 				return nil
 			}
 		}
