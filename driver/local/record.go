@@ -26,6 +26,8 @@ type record struct {
 	// ProjectID is the volume's project ID when its size is enforced by a
 	// project quota (limit: CapacityBytes); 0 when it is not.
 	ProjectID uint32 `json:"projectID,omitempty"`
+	// Block marks a block volume: <root>/<id> is a file, not a directory.
+	Block bool `json:"block,omitempty"`
 }
 
 // snapshotRecord describes a snapshot: a compressed archive of a volume.

@@ -53,6 +53,9 @@ func (d *Driver) CreateSnapshot(_ context.Context, req *csi.CreateSnapshotReques
 	if err != nil {
 		return nil, err
 	}
+	if rec.Block {
+		return nil, status.Errorf(codes.InvalidArgument, "volume %s is a block volume: the local driver's snapshots archive directories, not devices", srcID)
+	}
 	if _, err := treecopy.WriteFile(d.archivePath(id), d.volumeDir(srcID)); err != nil {
 		return nil, status.Errorf(codes.Internal, "archive volume %s: %v", srcID, err)
 	}
@@ -165,6 +168,9 @@ func (d *Driver) contentSource(src *csi.VolumeContentSource) (string, int64, err
 		if err != nil {
 			return "", 0, err
 		}
+		if rec.Block {
+			return "", 0, status.Errorf(codes.InvalidArgument, "volume %s is a block volume: the local driver clones directories, not devices", id)
+		}
 		return "volume/" + id, rec.CapacityBytes, nil
 	}
 	return "", 0, status.Error(codes.InvalidArgument, "unsupported volume content source")
@@ -214,7 +220,9 @@ func (d *Driver) populate(dir, id string, src *csi.VolumeContentSource, projID u
 // ControllerExpandVolume raises the volume's quota limit (when its size is
 // enforced) and records the new size, after checking free space; a smaller
 // size is OUT_OF_RANGE. A directory needs no node-side resize, so this is
-// online: a pod writing into the volume may write more at once.
+// online: a pod writing into the volume may write more at once. A block
+// volume's file grows (to whole sectors) and its loop devices then need
+// NodeExpandVolume.
 func (d *Driver) ControllerExpandVolume(_ context.Context, req *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
 	id := req.GetVolumeId()
 	if err := driver.ValidID("volume ID", id); err != nil {
@@ -240,9 +248,20 @@ func (d *Driver) ControllerExpandVolume(_ context.Context, req *csi.ControllerEx
 		return nil, status.Errorf(codes.OutOfRange, "volume %s has %d bytes and cannot shrink (requested %d, limit %d)",
 			id, rec.CapacityBytes, req.GetCapacityRange().GetRequiredBytes(), req.GetCapacityRange().GetLimitBytes())
 	}
+	if rec.Block && size > rec.CapacityBytes {
+		if size, err = blockSize(size, req.GetCapacityRange().GetLimitBytes()); err != nil {
+			return nil, err
+		}
+	}
 	if size > rec.CapacityBytes {
 		if err := d.checkFree(size - rec.CapacityBytes); err != nil {
 			return nil, err
+		}
+		// The file first: a record is never larger than its file.
+		if rec.Block {
+			if err := d.growBlockFile(id, size); err != nil {
+				return nil, err
+			}
 		}
 		if rec.ProjectID != 0 {
 			// The limit first: a record is never larger than its limit.
@@ -259,7 +278,7 @@ func (d *Driver) ControllerExpandVolume(_ context.Context, req *csi.ControllerEx
 			return nil, status.Errorf(codes.Internal, "record volume %s: %v", id, err)
 		}
 	}
-	return &csi.ControllerExpandVolumeResponse{CapacityBytes: rec.CapacityBytes}, nil
+	return &csi.ControllerExpandVolumeResponse{CapacityBytes: rec.CapacityBytes, NodeExpansionRequired: rec.Block}, nil
 }
 
 // checkFree fails with RESOURCE_EXHAUSTED when the root's filesystem has less
