@@ -1,8 +1,10 @@
 package local
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
@@ -461,7 +463,10 @@ func (d *Driver) NodeExpandVolume(_ context.Context, req *csi.NodeExpandVolumeRe
 // blockStats reports a block volume's size for the target p it is
 // published at: the kubelet knows no usage of a raw device.
 func (d *Driver) blockStats(id, p string, rec *record) (*csi.NodeGetVolumeStatsResponse, error) {
-	if err := driver.CheckHostFile("volume path", p); err != nil {
+	if !filepath.IsAbs(p) {
+		return nil, status.Errorf(codes.NotFound, "volume path %q is not an absolute path", p)
+	}
+	if err := driver.CheckHostFile("volume path", filepath.Clean(p)); err != nil {
 		return nil, err
 	}
 	fd, st, err := d.openBlockFile(id, unix.O_RDONLY)
@@ -482,4 +487,106 @@ func (d *Driver) blockStats(id, p string, rec *record) (*csi.NodeGetVolumeStatsR
 		}
 	}
 	return nil, status.Errorf(codes.NotFound, "block volume %s is not published at %s", id, p)
+}
+
+// populateBlock makes a new block volume's file of size bytes from its
+// content source: a sparse copy made under the scratch directory and
+// renamed into place, so an interrupted call never leaves a half-filled
+// volume.
+func (d *Driver) populateBlock(id string, src *csi.VolumeContentSource, size int64) error {
+	open := func() (int, error) {
+		if s := src.GetSnapshot(); s != nil {
+			fd, err := unix.Open(d.imagePath(s.GetSnapshotId()), unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return -1, status.Errorf(codes.Internal, "open snapshot %s: %v", s.GetSnapshotId(), err)
+			}
+			return fd, nil
+		}
+		fd, _, err := d.openBlockFile(src.GetVolume().GetVolumeId(), unix.O_RDONLY)
+		return fd, err
+	}
+	tmp := filepath.Join(d.newDir(), id)
+	if err := d.copyBlock(tmp, open, size); err != nil {
+		return err
+	}
+	// A file left by an interrupted plain create may be in the way; rename
+	// replaces it (a directory there is refused).
+	if err := os.Rename(tmp, d.volumeDir(id)); err != nil {
+		os.Remove(tmp)
+		return status.Errorf(codes.Internal, "fill volume %s from its source: %v", id, err)
+	}
+	return nil
+}
+
+// copyBlock writes the file dst (atomically: a scratch name renamed at
+// the end) as a copy of what open opens, keeping its holes, sized size.
+func (d *Driver) copyBlock(dst string, open func() (int, error), size int64) error {
+	in, err := open()
+	if err != nil {
+		return err
+	}
+	defer unix.Close(in)
+	scratch := dst + ".new"
+	if err := os.RemoveAll(scratch); err != nil {
+		return status.Errorf(codes.Internal, "clear %s: %v", scratch, err)
+	}
+	out, err := unix.Open(scratch, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return status.Errorf(codes.Internal, "create %s: %v", scratch, err)
+	}
+	err = sparseCopy(out, in)
+	if err == nil {
+		err = unix.Ftruncate(out, size)
+	}
+	if err == nil {
+		err = unix.Fsync(out)
+	}
+	unix.Close(out)
+	if err == nil {
+		err = os.Rename(scratch, dst)
+	}
+	if err != nil {
+		os.Remove(scratch)
+		return status.Errorf(codes.Internal, "copy into %s: %v", dst, err)
+	}
+	return nil
+}
+
+// sparseCopy copies the data of in to the empty file out at the same
+// offsets, skipping in's holes (SEEK_DATA/SEEK_HOLE), so the copy stays
+// sparse. A filesystem without them has one extent of data: all of it.
+func sparseCopy(out, in int) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(in, &st); err != nil {
+		return err
+	}
+	buf := make([]byte, 1<<20)
+	for off := int64(0); off < st.Size; {
+		data, err := unix.Seek(in, off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			return nil // only a hole is left
+		}
+		if err != nil {
+			data = off
+		}
+		end, err := unix.Seek(in, data, unix.SEEK_HOLE)
+		if err != nil {
+			end = st.Size
+		}
+		for data < end {
+			n, err := unix.Pread(in, buf[:min(int64(len(buf)), end-data)], data)
+			if err != nil {
+				return err
+			}
+			if n == 0 {
+				return nil // truncated meanwhile
+			}
+			if w, err := unix.Pwrite(out, buf[:n], data); err != nil || w != n {
+				return cmp.Or(err, io.ErrShortWrite)
+			}
+			data += int64(n)
+		}
+		off = end
+	}
+	return nil
 }

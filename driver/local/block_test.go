@@ -202,11 +202,18 @@ func TestBlockKindsDoNotMix(t *testing.T) {
 	if err != nil || resp.GetConfirmed() == nil {
 		t.Errorf("ValidateVolumeCapabilities(blk, block) = %v, %v; want confirmed", resp, err)
 	}
-	_, err = d.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "s", SourceVolumeId: "blk"})
-	wantCode(t, err, codes.InvalidArgument, "snapshot of a block volume")
+	if _, err := d.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "s", SourceVolumeId: "blk"}); err != nil {
+		t.Fatal(err)
+	}
 	_, err = d.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "clone", VolumeCapabilities: []*csi.VolumeCapability{rwo},
 		VolumeContentSource: &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: "blk"}}}})
-	wantCode(t, err, codes.InvalidArgument, "clone of a block volume")
+	wantCode(t, err, codes.InvalidArgument, "filesystem clone of a block volume")
+	_, err = d.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "clone", VolumeCapabilities: []*csi.VolumeCapability{rwo},
+		VolumeContentSource: &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: "s"}}}})
+	wantCode(t, err, codes.InvalidArgument, "filesystem restore of a block snapshot")
+	if _, err := d.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: "s"}); err != nil {
+		t.Fatal(err)
+	}
 	_, err = d.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "clone", VolumeCapabilities: []*csi.VolumeCapability{rwoBlock},
 		VolumeContentSource: &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: "dir"}}}})
 	wantCode(t, err, codes.InvalidArgument, "block clone of a filesystem volume")
@@ -335,4 +342,64 @@ func TestBlockWithoutLoopDevices(t *testing.T) {
 		t.Errorf("GetCapacity(block) = %v, %v; want 0", c, err)
 	}
 	create(t, d, "dir", 1<<20) // filesystem volumes are unaffected
+}
+
+func TestBlockSnapshotRestoreAndClone(t *testing.T) {
+	d, root := newBlockDriver(t)
+	createBlock(t, d, "src", 4<<20)
+	pods := t.TempDir()
+	target := filepath.Join(pods, "src")
+	if err := publishBlock(d, "src", target, rwoBlock, false); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(target, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte("head"), 0)
+	f.WriteAt([]byte("tail"), 3<<20)
+	f.Close()
+	unpublish(t, d, "src", target)
+
+	snap, err := d.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "snap", SourceVolumeId: "src"})
+	if err != nil || snap.GetSnapshot().GetSizeBytes() != 4<<20 {
+		t.Fatalf("CreateSnapshot = %v, %v", snap, err)
+	}
+	mk := func(name string, size int64, src *csi.VolumeContentSource) error {
+		_, err := d.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: name, VolumeCapabilities: []*csi.VolumeCapability{rwoBlock},
+			CapacityRange: &csi.CapacityRange{RequiredBytes: size}, VolumeContentSource: src})
+		return err
+	}
+	fromSnap := &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: "snap"}}}
+	fromVol := &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: "src"}}}
+	wantCode(t, mk("small", 1<<20, fromSnap), codes.OutOfRange, "restore into a smaller volume")
+	for name, src := range map[string]*csi.VolumeContentSource{"restored": fromSnap, "clone": fromVol} {
+		if err := mk(name, 8<<20, src); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if err := mk(name, 8<<20, src); err != nil { // idempotent
+			t.Fatalf("%s again: %v", name, err)
+		}
+		var st unix.Stat_t
+		if err := unix.Stat(filepath.Join(root, name), &st); err != nil || st.Size != 8<<20 || st.Blocks*512 > 1<<20 {
+			t.Errorf("%s: size %d, %d bytes allocated, %v; want 8 MiB, sparse", name, st.Size, st.Blocks*512, err)
+		}
+		b, err := os.ReadFile(filepath.Join(root, name))
+		if err != nil || string(b[:4]) != "head" || string(b[3<<20:3<<20+4]) != "tail" {
+			t.Errorf("%s lost the source's data: %v", name, err)
+		}
+	}
+	if _, err := d.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: "snap"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"src", "restored", "clone"} {
+		if _, err := d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, dir := range []string{root, filepath.Join(root, ".monocsi", "snapshots"), filepath.Join(root, ".monocsi", "new")} {
+		if es, _ := os.ReadDir(dir); len(es) > 0 && dir != root || len(es) > 1 {
+			t.Errorf("%s not empty after deleting everything: %v", dir, es)
+		}
+	}
 }

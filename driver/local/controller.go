@@ -43,15 +43,12 @@ func (d *Driver) CreateVolume(_ context.Context, req *csi.CreateVolumeRequest) (
 		return nil, err
 	}
 	src := req.GetVolumeContentSource()
-	if block && src != nil {
-		return nil, status.Error(codes.InvalidArgument, "block volumes cannot be made from a snapshot or another volume: the local driver's snapshots and clones copy directories")
-	}
 	if block {
 		if size, err = blockSize(size, req.GetCapacityRange().GetLimitBytes()); err != nil {
 			return nil, err
 		}
 	}
-	source, minSize, err := d.contentSource(src)
+	source, minSize, err := d.contentSource(src, block)
 	if err != nil {
 		return nil, err
 	}
@@ -116,16 +113,23 @@ func (d *Driver) CreateVolume(_ context.Context, req *csi.CreateVolumeRequest) (
 
 	dir := d.volumeDir(id)
 	if block {
-		if err := d.createBlockFile(id, size, rec == nil); err != nil {
+		if rec == nil && source != "" {
+			err = d.populateBlock(id, src, size)
+		} else {
+			err = d.createBlockFile(id, size, rec == nil)
+		}
+		if err != nil {
 			return nil, err
 		}
 		if rec == nil {
-			if err = writeJSON(d.recordPath(id), record{CapacityBytes: size, Created: time.Now().UTC(), Block: true}); err != nil {
+			if err = writeJSON(d.recordPath(id), record{CapacityBytes: size, Created: time.Now().UTC(), Source: source, Block: true}); err != nil {
 				os.Remove(dir) // never published without a record: no volume
 				return nil, status.Errorf(codes.Internal, "record volume %s: %v", id, err)
 			}
 		}
-		return &csi.CreateVolumeResponse{Volume: d.volume(id, size)}, nil
+		resp := d.volume(id, size)
+		resp.ContentSource = src
+		return &csi.CreateVolumeResponse{Volume: resp}, nil
 	}
 	if rec == nil && source != "" {
 		if err = d.populate(dir, id, src, projID); err != nil {

@@ -35,6 +35,9 @@ type snapshotRecord struct {
 	SourceVolume string    `json:"sourceVolume"`
 	SizeBytes    int64     `json:"sizeBytes"` // the source's capacity: the smallest volume it restores into
 	Created      time.Time `json:"created"`
+	// Block marks a block volume's snapshot: a sparse copy of its file
+	// (<id>.img), not an archive.
+	Block bool `json:"block,omitempty"`
 }
 
 func (d *Driver) recordDir() string   { return filepath.Join(d.root, metaDirName) }
@@ -44,6 +47,7 @@ func (d *Driver) newDir() string      { return filepath.Join(d.recordDir(), "new
 func (d *Driver) recordPath(id string) string   { return filepath.Join(d.recordDir(), id+".json") }
 func (d *Driver) snapshotPath(id string) string { return filepath.Join(d.snapshotDir(), id+".json") }
 func (d *Driver) archivePath(id string) string  { return filepath.Join(d.snapshotDir(), id+".tar.gz") }
+func (d *Driver) imagePath(id string) string    { return filepath.Join(d.snapshotDir(), id+".img") }
 
 func (d *Driver) readRecord(id string) (*record, error) {
 	var r record

@@ -14,6 +14,7 @@ import (
 
 	"github.com/monocsi/monocsi/driver"
 	"github.com/monocsi/monocsi/internal/treecopy"
+	"golang.org/x/sys/unix"
 )
 
 // Snapshots are gzip-compressed tar archives of a volume's directory, kept
@@ -54,14 +55,17 @@ func (d *Driver) CreateSnapshot(_ context.Context, req *csi.CreateSnapshotReques
 		return nil, err
 	}
 	if rec.Block {
-		return nil, status.Errorf(codes.InvalidArgument, "volume %s is a block volume: the local driver's snapshots archive directories, not devices", srcID)
-	}
-	if _, err := treecopy.WriteFile(d.archivePath(id), d.volumeDir(srcID)); err != nil {
+		err = d.copyBlock(d.imagePath(id), func() (int, error) { fd, _, err := d.openBlockFile(srcID, unix.O_RDONLY); return fd, err }, rec.CapacityBytes)
+		if err != nil {
+			return nil, err
+		}
+	} else if _, err := treecopy.WriteFile(d.archivePath(id), d.volumeDir(srcID)); err != nil {
 		return nil, status.Errorf(codes.Internal, "archive volume %s: %v", srcID, err)
 	}
-	snap := &snapshotRecord{SourceVolume: srcID, SizeBytes: rec.CapacityBytes, Created: time.Now().UTC()}
+	snap := &snapshotRecord{SourceVolume: srcID, SizeBytes: rec.CapacityBytes, Created: time.Now().UTC(), Block: rec.Block}
 	if err := writeJSON(d.snapshotPath(id), snap); err != nil {
 		removeFile(d.archivePath(id))
+		removeFile(d.imagePath(id))
 		return nil, status.Errorf(codes.Internal, "record snapshot %s: %v", id, err)
 	}
 	return &csi.CreateSnapshotResponse{Snapshot: d.snapshot(id, snap)}, nil
@@ -89,7 +93,7 @@ func (d *Driver) DeleteSnapshot(_ context.Context, req *csi.DeleteSnapshotReques
 		return nil, err
 	}
 	defer unlock()
-	for _, f := range []string{d.archivePath(id), d.snapshotPath(id)} {
+	for _, f := range []string{d.archivePath(id), d.imagePath(id), d.snapshotPath(id)} {
 		if err := removeFile(f); err != nil {
 			return nil, status.Errorf(codes.Internal, "delete snapshot %s: %v", id, err)
 		}
@@ -141,8 +145,12 @@ func (d *Driver) ListSnapshots(_ context.Context, req *csi.ListSnapshotsRequest)
 
 // contentSource checks a CreateVolume content source and returns its
 // recorded name ("snapshot/<id>", "volume/<id>", or "") and the smallest
-// size a volume made from it may have.
-func (d *Driver) contentSource(src *csi.VolumeContentSource) (string, int64, error) {
+// size a volume made from it may have. A block volume is made only from a
+// block volume or its snapshot, a directory only from a directory's.
+func (d *Driver) contentSource(src *csi.VolumeContentSource, block bool) (string, int64, error) {
+	kindErr := func(what string, srcBlock bool) error {
+		return status.Errorf(codes.InvalidArgument, "%s is of a %s volume: it cannot fill a %s volume", what, volumeKind(srcBlock), volumeKind(block))
+	}
 	switch {
 	case src == nil:
 		return "", 0, nil
@@ -158,6 +166,9 @@ func (d *Driver) contentSource(src *csi.VolumeContentSource) (string, int64, err
 		if snap == nil {
 			return "", 0, status.Errorf(codes.NotFound, "source snapshot %s does not exist on node %s", id, d.nodeID)
 		}
+		if snap.Block != block {
+			return "", 0, kindErr("snapshot "+id, snap.Block)
+		}
 		return "snapshot/" + id, snap.SizeBytes, nil
 	case src.GetVolume() != nil:
 		id := src.GetVolume().GetVolumeId()
@@ -168,8 +179,8 @@ func (d *Driver) contentSource(src *csi.VolumeContentSource) (string, int64, err
 		if err != nil {
 			return "", 0, err
 		}
-		if rec.Block {
-			return "", 0, status.Errorf(codes.InvalidArgument, "volume %s is a block volume: the local driver clones directories, not devices", id)
+		if rec.Block != block {
+			return "", 0, kindErr("volume "+id, rec.Block)
 		}
 		return "volume/" + id, rec.CapacityBytes, nil
 	}
