@@ -414,6 +414,8 @@ func hostPathErr(what, p, cur, op string, err error) error {
 
 func fileKind(mode uint32) string {
 	switch mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		return "a directory"
 	case unix.S_IFREG:
 		return "a regular file"
 	case unix.S_IFLNK:

@@ -149,7 +149,7 @@ func (d *Driver) ListSnapshots(_ context.Context, req *csi.ListSnapshotsRequest)
 // block volume or its snapshot, a directory only from a directory's.
 func (d *Driver) contentSource(src *csi.VolumeContentSource, block bool) (string, int64, error) {
 	kindErr := func(what string, srcBlock bool) error {
-		return status.Errorf(codes.InvalidArgument, "%s is of a %s volume: it cannot fill a %s volume", what, volumeKind(srcBlock), volumeKind(block))
+		return status.Errorf(codes.InvalidArgument, "%s %s volume: it cannot fill a %s volume", what, volumeKind(srcBlock), volumeKind(block))
 	}
 	switch {
 	case src == nil:
@@ -167,7 +167,7 @@ func (d *Driver) contentSource(src *csi.VolumeContentSource, block bool) (string
 			return "", 0, status.Errorf(codes.NotFound, "source snapshot %s does not exist on node %s", id, d.nodeID)
 		}
 		if snap.Block != block {
-			return "", 0, kindErr("snapshot "+id, snap.Block)
+			return "", 0, kindErr("snapshot "+id+" is of a", snap.Block)
 		}
 		return "snapshot/" + id, snap.SizeBytes, nil
 	case src.GetVolume() != nil:
@@ -180,7 +180,7 @@ func (d *Driver) contentSource(src *csi.VolumeContentSource, block bool) (string
 			return "", 0, err
 		}
 		if rec.Block != block {
-			return "", 0, kindErr("volume "+id, rec.Block)
+			return "", 0, kindErr("volume "+id+" is a", rec.Block)
 		}
 		return "volume/" + id, rec.CapacityBytes, nil
 	}
