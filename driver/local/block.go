@@ -273,7 +273,7 @@ func (d *Driver) publishBlock(req *csi.NodePublishVolumeRequest) (*csi.NodePubli
 	}
 	undo := func() {
 		if attached {
-			if err := detachLoop(dev); err != nil {
+			if err := detachLoop(loopDev{path: dev, dev: st.Dev, ino: st.Ino}); err != nil {
 				klog.ErrorS(err, "Cannot detach a loop device after a failed publish", "volumeID", id, "device", dev)
 			}
 		}
@@ -317,7 +317,7 @@ func (d *Driver) detachUnused(id string) error {
 		if len(mps) > 0 {
 			continue
 		}
-		if err := detachLoop(l.path); err != nil {
+		if err := detachLoop(l); err != nil {
 			return status.Errorf(codes.Internal, "detach %s from volume %s: %v", l.path, id, err)
 		}
 	}
@@ -345,7 +345,7 @@ func (d *Driver) checkBlockUnused(id string) error {
 		return status.Errorf(codes.FailedPrecondition, "block volume %s is attached to %s and published at %s", id, loopPaths(all), strings.Join(refs, ", "))
 	}
 	for _, l := range all {
-		if err := detachLoop(l.path); err != nil {
+		if err := detachLoop(l); err != nil {
 			return status.Errorf(codes.FailedPrecondition, "block volume %s is attached to %s, which cannot be detached: %v", id, l.path, err)
 		}
 	}
@@ -403,7 +403,7 @@ func (d *Driver) reconcileLoops() {
 			}
 			continue
 		}
-		if err := detachLoop(l.path); err != nil {
+		if err := detachLoop(l); err != nil {
 			klog.ErrorS(err, "Cannot detach an unused loop device", "device", l.path, "volumeID", id)
 			continue
 		}

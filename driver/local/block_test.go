@@ -45,7 +45,7 @@ func assertNoLoops(t *testing.T, root string) {
 	for _, l := range loops {
 		if strings.HasPrefix(l.backing, root+"/") {
 			t.Errorf("loop device %s left attached to %s", l.path, l.backing)
-			_ = detachLoop(l.path)
+			_ = detachLoop(l)
 		}
 	}
 }

@@ -140,14 +140,27 @@ func setFD(dfd, fd int, info *unix.LoopInfo64) error {
 	return nil
 }
 
-// detachLoop detaches the device; one already detached is fine. A device
-// still open elsewhere is only marked to detach on its last close.
-func detachLoop(path string) error {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+// detachLoop detaches the device if it is still attached to the file l
+// was (checked on the descriptor that detaches it: while it is open the
+// device cannot be released and taken by someone else); one already
+// detached is fine. A device still open elsewhere is only marked to detach
+// on its last close.
+func detachLoop(l loopDev) error {
+	fd, err := unix.Open(l.path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return err
 	}
 	defer unix.Close(fd)
+	info, err := unix.IoctlLoopGetStatus64(fd)
+	if errors.Is(err, unix.ENXIO) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if info.Device != l.dev || info.Inode != l.ino {
+		return nil // released and reused meanwhile: not ours any more
+	}
 	if err := unix.IoctlSetInt(fd, unix.LOOP_CLR_FD, 0); err != nil && !errors.Is(err, unix.ENXIO) {
 		return err
 	}
