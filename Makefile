@@ -49,7 +49,7 @@ e2e: $(BIN)/helm
 ## built and cached on first use, see test/nfsvm) runs every suite of KERNEL_SUITES (default
 ## "nfs local"): the NFS driver's tests (-test.run pattern MONOCSI_NFSVM_RUN, default NFS) against
 ## a real kernel NFS server with nfsvers=4.1 and nfsvers=3, and the local driver's project-quota
-## tests and csi-sanity (MONOCSI_LOCALVM_RUN, default LocalQuota) on XFS prjquota and ext4
+## tests, csi-sanity and the block-volume test (MONOCSI_LOCALVM_RUN, default LocalQuota|LocalBlock) on XFS prjquota and ext4
 ## quota,project loop filesystems. Static binaries: the guest has no Go toolchain.
 ## Full output in e2e-kernel.out.
 e2e-kernel: image

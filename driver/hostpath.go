@@ -81,17 +81,102 @@ func (r Reserved) Path() string { return r.path }
 // CheckHostPath validates a path the CO hands to the node (target, staging
 // or volume path): absolute, already clean, no NUL, not "/", no symlink in
 // any component, every existing component but the last a directory, and
-// the path itself, when it exists, a directory (no driver of monocsi
-// serves block volumes, whose targets are files). It must not be in, on or
+// the path itself, when it exists, a directory (block volumes' targets are
+// files: see CheckHostFile). It must not be in, on or
 // above any of the reserved directories. A path that does not exist yet is
 // fine. Every refusal is INVALID_ARGUMENT naming the cause.
 func CheckHostPath(what, p string, reserved ...Reserved) error {
-	w, err := walkHostPath(what, p, reserved, nil)
+	w, err := walkHostPath(what, p, reserved, nil, leafDir)
 	if err != nil {
 		return err
 	}
 	w.close()
 	return nil
+}
+
+// CheckHostFile is CheckHostPath for the target of a block volume: the
+// path itself, when it exists, is a regular file or a block device (the
+// device bind-mounted on the file), never a directory.
+func CheckHostFile(what, p string, reserved ...Reserved) error {
+	w, err := walkHostPath(what, p, reserved, nil, leafFile)
+	if err != nil {
+		return err
+	}
+	w.close()
+	return nil
+}
+
+// CheckHostTarget is CheckHostPath accepting both kinds of target: a
+// directory, or a file or block device (unpublishing a volume whose kind
+// is no longer known).
+func CheckHostTarget(what, p string, reserved ...Reserved) error {
+	w, err := walkHostPath(what, p, reserved, nil, leafAny)
+	if err != nil {
+		return err
+	}
+	w.close()
+	return nil
+}
+
+// CreateHostFile creates the empty regular file p (mode perm) for a block
+// device to be bind-mounted on, after the checks of CheckHostFile,
+// relative to an open descriptor of its verified parent, which must exist
+// (FAILED_PRECONDITION otherwise: the CO creates it). created reports
+// whether p was made (false: it was there already, a file or device).
+func CreateHostFile(what, p string, perm os.FileMode, reserved ...Reserved) (created bool, err error) {
+	w, err := walkHostPath(what, p, reserved, nil, leafFile)
+	if err != nil {
+		return false, err
+	}
+	defer w.close()
+	if w.leaf >= 0 {
+		return false, nil
+	}
+	if w.parent < 0 {
+		return false, status.Errorf(codes.FailedPrecondition, "%s %s: its parent directory %s does not exist", what, p, filepath.Dir(p))
+	}
+	fd, err := unix.Openat(w.parent, w.base, unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_RDONLY|unix.O_CLOEXEC, uint32(perm.Perm()))
+	if err != nil {
+		return false, hostPathErr(what, p, p, "create", err)
+	}
+	unix.Close(fd)
+	return true, nil
+}
+
+// RemoveHostFile removes p when it is an empty regular file (a block
+// volume's target that is no longer a mount point), relative to an open
+// descriptor of its verified parent. A missing p is fine; a directory is
+// removed as RemoveHostDir does. Anything else (a file with data, a device
+// node) is FAILED_PRECONDITION: not the driver's to delete.
+func RemoveHostFile(what, p string) error {
+	w, err := walkHostPath(what, p, nil, nil, leafAny)
+	if err != nil {
+		return err
+	}
+	defer w.close()
+	if w.leaf < 0 {
+		return nil
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(w.leaf, &st); err != nil {
+		return status.Errorf(codes.Internal, "stat %s: %v", p, err)
+	}
+	switch {
+	case st.Mode&unix.S_IFMT == unix.S_IFDIR:
+		return removeLeafDir(w, what, p)
+	case st.Mode&unix.S_IFMT != unix.S_IFREG:
+		return status.Errorf(codes.FailedPrecondition, "%s %s is %s and not a mount point: refusing to delete it", what, p, fileKind(st.Mode))
+	case st.Size != 0:
+		return status.Errorf(codes.FailedPrecondition, "%s %s is not a mount point and holds %d bytes: refusing to delete it", what, p, st.Size)
+	}
+	err = unix.Unlinkat(w.parent, w.base, 0)
+	switch {
+	case err == nil, errors.Is(err, unix.ENOENT):
+		return nil
+	case errors.Is(err, unix.EBUSY):
+		return status.Errorf(codes.FailedPrecondition, "%s %s is still a mount point (or in use): cannot remove it", what, p)
+	}
+	return status.Errorf(codes.Internal, "remove %s %s: %v", what, p, err)
 }
 
 // MkdirHostPath creates the directory p after the checks of CheckHostPath,
@@ -101,7 +186,7 @@ func CheckHostPath(what, p string, reserved ...Reserved) error {
 // whether p itself was made (false: it was already a directory). A missing
 // parent is FAILED_PRECONDITION (the CO creates it).
 func MkdirHostPath(what, p string, perm os.FileMode, parents bool, reserved ...Reserved) (created bool, err error) {
-	w, err := walkHostPath(what, p, reserved, &mkdirs{perm: uint32(perm.Perm()), parents: parents})
+	w, err := walkHostPath(what, p, reserved, &mkdirs{perm: uint32(perm.Perm()), parents: parents}, leafDir)
 	if err != nil {
 		return false, err
 	}
@@ -122,7 +207,7 @@ type mkdirs struct {
 // point, is FAILED_PRECONDITION: its contents are not the driver's to
 // delete.
 func RemoveHostDir(what, p string) error {
-	w, err := walkHostPath(what, p, nil, nil)
+	w, err := walkHostPath(what, p, nil, nil, leafDir)
 	if err != nil {
 		return err
 	}
@@ -130,7 +215,11 @@ func RemoveHostDir(what, p string) error {
 	if w.leaf < 0 {
 		return nil
 	}
-	err = unix.Unlinkat(w.parent, w.base, unix.AT_REMOVEDIR)
+	return removeLeafDir(w, what, p)
+}
+
+func removeLeafDir(w *hostWalk, what, p string) error {
+	err := unix.Unlinkat(w.parent, w.base, unix.AT_REMOVEDIR)
 	switch {
 	case err == nil, errors.Is(err, unix.ENOENT):
 		return nil
@@ -147,7 +236,7 @@ func RemoveHostDir(what, p string) error {
 // following a symlink; NOT_FOUND when it does not exist.
 func StatfsHostPath(what, p string) (unix.Statfs_t, error) {
 	var st unix.Statfs_t
-	w, err := walkHostPath(what, p, nil, nil)
+	w, err := walkHostPath(what, p, nil, nil, leafDir)
 	if err != nil {
 		return st, err
 	}
@@ -200,7 +289,7 @@ func checkHostPathSyntax(what, p string) error {
 // Without them, the walk stops at the first missing component and reports
 // the path as missing (leaf -1, and parent -1 when the parent is missing
 // too).
-func walkHostPath(what, p string, reserved []Reserved, mk *mkdirs) (*hostWalk, error) {
+func walkHostPath(what, p string, reserved []Reserved, mk *mkdirs, kind leafKind) (*hostWalk, error) {
 	if err := checkHostPathSyntax(what, p); err != nil {
 		return nil, err
 	}
@@ -260,9 +349,10 @@ func walkHostPath(what, p string, reserved []Reserved, mk *mkdirs) (*hostWalk, e
 		switch {
 		case st.mode&unix.S_IFMT == unix.S_IFLNK:
 			return fail(status.Errorf(codes.InvalidArgument, "%s %s: %s is a symlink; refusing to follow it", what, p, cur))
-		case st.mode&unix.S_IFMT != unix.S_IFDIR && last:
-			return fail(status.Errorf(codes.InvalidArgument,
-				"%s %s exists and is %s, not a directory: a volume is mounted on a directory", what, p, fileKind(st.mode)))
+		case last && !kind.accepts(st.mode):
+			return fail(status.Errorf(codes.InvalidArgument, "%s %s exists and is %s, %s", what, p, fileKind(st.mode), kind.why()))
+		case last && st.mode&unix.S_IFMT != unix.S_IFDIR:
+			// a file or device: not a directory anything is inside
 		case st.mode&unix.S_IFMT != unix.S_IFDIR:
 			return fail(status.Errorf(codes.InvalidArgument, "%s %s: %s is %s, not a directory", what, p, cur, fileKind(st.mode)))
 		}
@@ -274,6 +364,31 @@ func walkHostPath(what, p string, reserved []Reserved, mk *mkdirs) (*hostWalk, e
 		}
 	}
 	return w, nil
+}
+
+// leafKind is what the last component of a walked path may be.
+type leafKind int
+
+const (
+	leafDir  leafKind = iota // a directory: a filesystem volume's target
+	leafFile                 // a regular file or block device: a block volume's target
+	leafAny                  // either
+)
+
+func (k leafKind) accepts(mode uint32) bool {
+	t := mode & unix.S_IFMT
+	dir, file := t == unix.S_IFDIR, t == unix.S_IFREG || t == unix.S_IFBLK
+	return k == leafDir && dir || k == leafFile && file || k == leafAny && (dir || file)
+}
+
+func (k leafKind) why() string {
+	switch k {
+	case leafFile:
+		return "not a file: a block volume is bind-mounted on a file"
+	case leafAny:
+		return "neither a directory nor a file"
+	}
+	return "not a directory: a volume is mounted on a directory"
 }
 
 func aboveOrOn(reserved, p string) string {
@@ -299,6 +414,8 @@ func hostPathErr(what, p, cur, op string, err error) error {
 
 func fileKind(mode uint32) string {
 	switch mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		return "a directory"
 	case unix.S_IFREG:
 		return "a regular file"
 	case unix.S_IFLNK:

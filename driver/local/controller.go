@@ -30,7 +30,8 @@ func (d *Driver) CreateVolume(_ context.Context, req *csi.CreateVolumeRequest) (
 	if err := driver.CheckParameters(req.GetParameters(), ParamEnforceSize); err != nil {
 		return nil, err
 	}
-	enforce, err := d.enforceSize(req.GetParameters())
+	block := isBlock(req.GetVolumeCapabilities())
+	enforce, err := d.enforceSize(req.GetParameters(), block)
 	if err != nil {
 		return nil, err
 	}
@@ -42,7 +43,12 @@ func (d *Driver) CreateVolume(_ context.Context, req *csi.CreateVolumeRequest) (
 		return nil, err
 	}
 	src := req.GetVolumeContentSource()
-	source, minSize, err := d.contentSource(src)
+	if block {
+		if size, err = blockSize(size, req.GetCapacityRange().GetLimitBytes()); err != nil {
+			return nil, err
+		}
+	}
+	source, minSize, err := d.contentSource(src, block)
 	if err != nil {
 		return nil, err
 	}
@@ -74,10 +80,13 @@ func (d *Driver) CreateVolume(_ context.Context, req *csi.CreateVolumeRequest) (
 			return nil, status.Errorf(codes.AlreadyExists,
 				"volume %s already exists with %d bytes, which does not fit the requested range", id, rec.CapacityBytes)
 		}
+		if rec.Block != block {
+			return nil, status.Errorf(codes.AlreadyExists, "volume %s already exists as a %s volume", id, volumeKind(rec.Block))
+		}
 		if rec.Source != source {
 			return nil, status.Errorf(codes.AlreadyExists, "volume %s already exists with a different content source (%q)", id, rec.Source)
 		}
-		if enforce == enforceRequired && rec.ProjectID == 0 || enforce == enforceRefused && rec.ProjectID != 0 {
+		if !block && (enforce == enforceRequired && rec.ProjectID == 0 || enforce == enforceRefused && rec.ProjectID != 0) {
 			return nil, status.Errorf(codes.AlreadyExists, "volume %s already exists with enforceSize=%v", id, rec.ProjectID != 0)
 		}
 		size = rec.CapacityBytes
@@ -91,7 +100,7 @@ func (d *Driver) CreateVolume(_ context.Context, req *csi.CreateVolumeRequest) (
 	// given back when the call fails.
 	var projID uint32
 	release := func() {}
-	if rec == nil && d.quota != nil && enforce != enforceRefused {
+	if rec == nil && d.quota != nil && enforce != enforceRefused && !block {
 		if projID, err = d.ids.allocate(id, d.projectInUse); err != nil {
 			return nil, err
 		}
@@ -103,6 +112,25 @@ func (d *Driver) CreateVolume(_ context.Context, req *csi.CreateVolumeRequest) (
 	}
 
 	dir := d.volumeDir(id)
+	if block {
+		if rec == nil && source != "" {
+			err = d.populateBlock(id, src, size)
+		} else {
+			err = d.createBlockFile(id, size, rec == nil)
+		}
+		if err != nil {
+			return nil, err
+		}
+		if rec == nil {
+			if err = writeJSON(d.recordPath(id), record{CapacityBytes: size, Created: time.Now().UTC(), Source: source, Block: true}); err != nil {
+				os.Remove(dir) // never published without a record: no volume
+				return nil, status.Errorf(codes.Internal, "record volume %s: %v", id, err)
+			}
+		}
+		resp := d.volume(id, size)
+		resp.ContentSource = src
+		return &csi.CreateVolumeResponse{Volume: resp}, nil
+	}
 	if rec == nil && source != "" {
 		if err = d.populate(dir, id, src, projID); err != nil {
 			return nil, err
@@ -148,8 +176,9 @@ const (
 
 // enforceSize reads the enforceSize parameter and fails when it requires
 // what the root's filesystem cannot do: RESOURCE_EXHAUSTED (another node
-// may have project quotas) naming the filesystem and what it lacks.
-func (d *Driver) enforceSize(params map[string]string) (enforce, error) {
+// may have project quotas) naming the filesystem and what it lacks. A
+// block volume's size is its file's length: enforced everywhere.
+func (d *Driver) enforceSize(params map[string]string, block bool) (enforce, error) {
 	v, ok := params[ParamEnforceSize]
 	switch {
 	case !ok:
@@ -158,6 +187,8 @@ func (d *Driver) enforceSize(params map[string]string) (enforce, error) {
 		return enforceRefused, nil
 	case v != "true":
 		return 0, status.Errorf(codes.InvalidArgument, "parameter %s must be \"true\" or \"false\", not %q", ParamEnforceSize, driver.Printable(v))
+	case block:
+		return enforceAuto, nil
 	case d.quota == nil:
 		return 0, status.Errorf(codes.ResourceExhausted,
 			"%s=true, but node %s cannot enforce volume sizes under %s: %s", ParamEnforceSize, d.nodeID, d.root, d.noQuota)
@@ -193,24 +224,50 @@ func requestedSize(r *csi.CapacityRange) (int64, error) {
 	return lim, nil
 }
 
-// checkCapabilities rejects what a directory on one node cannot provide.
+// checkCapabilities rejects what a volume on one node cannot provide.
 func (d *Driver) checkCapabilities(caps []*csi.VolumeCapability) error {
 	if err := driver.CheckCapabilities(caps); err != nil {
 		return err
 	}
-	if ok, msg := supported(caps); !ok {
+	if ok, msg := d.supported(caps); !ok {
 		return status.Error(codes.InvalidArgument, msg)
 	}
 	return nil
 }
 
-func supported(caps []*csi.VolumeCapability) (bool, string) {
+// supported tells whether caps can be served here: single-node access
+// modes, one access type, and block only where loop devices work.
+func (d *Driver) supported(caps []*csi.VolumeCapability) (bool, string) {
+	block, mount := false, false
 	for _, c := range caps {
-		if c.GetBlock() != nil {
-			return false, "block volumes are not supported by the local driver: its volumes are directories"
-		}
+		block = block || c.GetBlock() != nil
+		mount = mount || c.GetMount() != nil
+	}
+	switch {
+	case block && mount:
+		return false, "a local volume is either a block device or a filesystem: the capabilities ask for both"
+	case block && d.noLoop != "":
+		return false, "block volumes need loop devices, which do not work on node " + d.nodeID + ": " + d.noLoop
 	}
 	return driver.SingleNodeModes(caps)
+}
+
+// supportedBy is supported for an existing volume: its kind must match.
+func (d *Driver) supportedBy(rec *record, caps []*csi.VolumeCapability) (bool, string) {
+	if ok, msg := d.supported(caps); !ok {
+		return false, msg
+	}
+	if len(caps) > 0 && isBlock(caps) != rec.Block {
+		return false, "the volume is a " + volumeKind(rec.Block) + " volume"
+	}
+	return true, ""
+}
+
+func volumeKind(block bool) string {
+	if block {
+		return "block"
+	}
+	return "filesystem"
 }
 
 // checkAccessible fails when the CO requires a topology this node is not in:
@@ -251,7 +308,13 @@ func (d *Driver) DeleteVolume(_ context.Context, req *csi.DeleteVolumeRequest) (
 		return nil, err
 	}
 	dir := d.volumeDir(id)
-	if err := d.checkUnused(dir); err != nil {
+	// The path's type, not the record, tells a block volume's file from a
+	// directory: an interrupted create leaves a file without a record.
+	if fi, err := os.Lstat(dir); err == nil && fi.Mode().IsRegular() {
+		if err := d.checkBlockUnused(id); err != nil {
+			return nil, err
+		}
+	} else if err := d.checkUnused(dir); err != nil {
 		return nil, err
 	}
 	rec, _ := d.readRecord(id) // a damaged record is removed all the same
@@ -308,10 +371,11 @@ func (d *Driver) ValidateVolumeCapabilities(_ context.Context, req *csi.Validate
 	if err := driver.CheckCapabilities(req.GetVolumeCapabilities()); err != nil {
 		return nil, err
 	}
-	if _, err := d.existingRecord(id); err != nil {
+	rec, err := d.existingRecord(id)
+	if err != nil {
 		return nil, err
 	}
-	if ok, msg := supported(req.GetVolumeCapabilities()); !ok {
+	if ok, msg := d.supportedBy(rec, req.GetVolumeCapabilities()); !ok {
 		return &csi.ValidateVolumeCapabilitiesResponse{Message: msg}, nil
 	}
 	return &csi.ValidateVolumeCapabilitiesResponse{Confirmed: &csi.ValidateVolumeCapabilitiesResponse_Confirmed{
@@ -381,7 +445,7 @@ func (d *Driver) GetCapacity(_ context.Context, req *csi.GetCapacityRequest) (*c
 	if t := req.GetAccessibleTopology(); t != nil && !d.servesTopology(t) {
 		return &csi.GetCapacityResponse{}, nil
 	}
-	if ok, _ := supported(req.GetVolumeCapabilities()); !ok {
+	if ok, _ := d.supported(req.GetVolumeCapabilities()); !ok {
 		return &csi.GetCapacityResponse{}, nil
 	}
 	free, err := d.freeBytes()
@@ -452,10 +516,21 @@ func (d *Driver) health(id string) (*csi.VolumeHealth, error) {
 	if err := driver.ValidID("volume ID", id); err != nil {
 		return nil, err
 	}
-	if _, err := d.existingRecord(id); err != nil {
+	rec, err := d.existingRecord(id)
+	if err != nil {
 		return nil, err
 	}
 	h := &csi.VolumeHealth{VolumeId: id}
+	if rec.Block {
+		if fi, err := os.Lstat(d.volumeDir(id)); err != nil || !fi.Mode().IsRegular() {
+			h.HealthStatuses = []*csi.VolumeHealth_VolumeHealthEntry{{
+				Status:  csi.VolumeHealthErrorType_DATA_LOSS,
+				Reason:  "VolumeFileMissing",
+				Message: "the file " + d.volumeDir(id) + " of this block volume is gone",
+			}}
+		}
+		return h, nil
+	}
 	if fi, err := os.Lstat(d.volumeDir(id)); err != nil || !fi.IsDir() {
 		h.HealthStatuses = []*csi.VolumeHealth_VolumeHealthEntry{{
 			Status:  csi.VolumeHealthErrorType_DATA_LOSS,

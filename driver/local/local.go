@@ -5,6 +5,7 @@
 // Layout under the root:
 //
 //	<root>/<volume-id>/                           the volume's data
+//	<root>/<volume-id>                            a block volume's data: a sparse file (see block.go)
 //	<root>/.monocsi/<volume-id>.json              its record (capacity, creation time, project ID)
 //	<root>/.monocsi/snapshots/<snap-id>.tar.gz    a snapshot's archive
 //	<root>/.monocsi/snapshots/<snap-id>.json      its record
@@ -61,6 +62,8 @@ type Config struct {
 	quota quotaFS
 	// firstID, lastID replace the project ID range (tests).
 	firstID, lastID uint32
+	// loopControl replaces /dev/loop-control (tests: one that does not open).
+	loopControl string
 	// walkTimeout, walkTTL, walkers replace the bounds of the usage walks (tests).
 	walkTimeout, walkTTL time.Duration
 	walkers              int
@@ -92,6 +95,10 @@ type Driver struct {
 	noQuota string
 	ids     *projectIDs
 	walks   *walker
+
+	// loopControl is the loop control device; noLoop says why block
+	// volumes cannot be served here ("" where they can).
+	loopControl, noLoop string
 }
 
 var _ driver.Driver = (*Driver)(nil)
@@ -155,6 +162,15 @@ func New(c Config) (*Driver, error) {
 	if err := d.loadProjects(); err != nil {
 		return nil, err
 	}
+	d.loopControl = c.loopControl
+	if d.loopControl == "" {
+		d.loopControl = defaultLoopControl
+	}
+	if ok, why := loopSupport(d.loopControl); !ok {
+		d.noLoop = why
+		klog.InfoS("Block volumes are not served on this node", "reason", why)
+	}
+	d.reconcileLoops()
 	return d, nil
 }
 

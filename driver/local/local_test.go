@@ -127,8 +127,8 @@ func TestCreateRejectsWhatItCannotServe(t *testing.T) {
 	}{
 		"unknown parameter": {&csi.CreateVolumeRequest{Name: "a", VolumeCapabilities: []*csi.VolumeCapability{rwo},
 			Parameters: map[string]string{"sise": "1"}}, codes.InvalidArgument, `"sise"`},
-		"block": {&csi.CreateVolumeRequest{Name: "a", VolumeCapabilities: []*csi.VolumeCapability{block}},
-			codes.InvalidArgument, "block"},
+		"block and mount": {&csi.CreateVolumeRequest{Name: "a", VolumeCapabilities: []*csi.VolumeCapability{block, rwo}},
+			codes.InvalidArgument, "both"},
 		"multi-node": {&csi.CreateVolumeRequest{Name: "a", VolumeCapabilities: []*csi.VolumeCapability{
 			mountCap(csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER)}}, codes.InvalidArgument, "one node"},
 		"other node": {&csi.CreateVolumeRequest{Name: "a", VolumeCapabilities: []*csi.VolumeCapability{rwo},

@@ -18,11 +18,21 @@ import (
 	"github.com/monocsi/monocsi/driver"
 )
 
-// NodePublishVolume bind-mounts the volume's directory at the target path.
+// NodePublishVolume bind-mounts the volume's directory at the target path
+// (a block volume's device on the target file: see publishBlock).
 func (d *Driver) NodePublishVolume(_ context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
 	id, target, vc := req.GetVolumeId(), req.GetTargetPath(), req.GetVolumeCapability()
 	if err := driver.ValidID("volume ID", id); err != nil {
 		return nil, err
+	}
+	if vc.GetBlock() != nil {
+		if err := driver.CheckCapability(vc); err != nil {
+			return nil, err
+		}
+		if ok, msg := driver.SingleNodeModes([]*csi.VolumeCapability{vc}); !ok {
+			return nil, status.Error(codes.InvalidArgument, msg)
+		}
+		return d.publishBlock(req)
 	}
 	if err := driver.CheckHostPath("target path", target, d.own); err != nil {
 		return nil, err
@@ -30,7 +40,7 @@ func (d *Driver) NodePublishVolume(_ context.Context, req *csi.NodePublishVolume
 	if err := driver.CheckCapability(vc); err != nil {
 		return nil, err
 	}
-	if ok, msg := supported([]*csi.VolumeCapability{vc}); !ok {
+	if ok, msg := d.supported([]*csi.VolumeCapability{vc}); !ok {
 		return nil, status.Error(codes.InvalidArgument, msg)
 	}
 	flags := vc.GetMount().GetMountFlags()
@@ -126,6 +136,9 @@ func (d *Driver) existingVolumeDir(id string) (string, *record, error) {
 	if err != nil {
 		return "", nil, err
 	}
+	if rec.Block {
+		return "", nil, status.Errorf(codes.InvalidArgument, "volume %s is a block volume: it has no filesystem to mount (use a block capability)", id)
+	}
 	dir := d.volumeDir(id)
 	fi, err := os.Lstat(dir)
 	if err != nil {
@@ -152,13 +165,23 @@ func (d *Driver) mountedReadOnly(target string) (bool, error) {
 	return ro, nil
 }
 
-// NodeUnpublishVolume unmounts the target and removes it.
+// NodeUnpublishVolume unmounts the target and removes it; a block
+// volume's loop devices that no other publication uses are detached.
 func (d *Driver) NodeUnpublishVolume(_ context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
 	id, target := req.GetVolumeId(), req.GetTargetPath()
 	if err := driver.ValidID("volume ID", id); err != nil {
 		return nil, err
 	}
-	if err := driver.CheckHostPath("target path", target, d.own); err != nil {
+	// The target's kind follows the volume's; a deleted volume's may be either.
+	rec, _ := d.readRecord(id)
+	check := driver.CheckHostTarget
+	switch {
+	case rec != nil && rec.Block:
+		check = driver.CheckHostFile
+	case rec != nil:
+		check = driver.CheckHostPath
+	}
+	if err := check("target path", target, d.own); err != nil {
 		return nil, err
 	}
 	unlock, err := d.locks.TryLock(id)
@@ -169,10 +192,15 @@ func (d *Driver) NodeUnpublishVolume(_ context.Context, req *csi.NodeUnpublishVo
 	if err := d.unmount(target); err != nil {
 		return nil, err
 	}
-	// Only an empty directory is removed: a non-empty one that is not a
-	// mount point is not ours (FAILED_PRECONDITION).
-	if err := driver.RemoveHostDir("target path", target); err != nil {
+	// Only an empty directory or file is removed: a non-empty one that is
+	// not a mount point is not ours (FAILED_PRECONDITION).
+	if err := driver.RemoveHostFile("target path", target); err != nil {
 		return nil, err
+	}
+	if rec != nil && rec.Block && d.noLoop == "" {
+		if err := d.detachUnused(id); err != nil {
+			return nil, err
+		}
 	}
 	return &csi.NodeUnpublishVolumeResponse{}, nil
 }
@@ -214,6 +242,11 @@ func (d *Driver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 	}
 	if p == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume path is required")
+	}
+	if rec, err := d.existingRecord(id); err != nil {
+		return nil, err
+	} else if rec.Block {
+		return d.blockStats(id, p, rec)
 	}
 	src, rec, err := d.existingVolumeDir(id)
 	if err != nil {
@@ -285,6 +318,7 @@ func (d *Driver) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRe
 		csi.NodeServiceCapability_RPC_GET_VOLUME_HEALTH,
 		csi.NodeServiceCapability_RPC_GET_STORAGE_HEALTH,
 		csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+		csi.NodeServiceCapability_RPC_EXPAND_VOLUME,
 	), nil
 }
 

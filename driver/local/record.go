@@ -26,6 +26,8 @@ type record struct {
 	// ProjectID is the volume's project ID when its size is enforced by a
 	// project quota (limit: CapacityBytes); 0 when it is not.
 	ProjectID uint32 `json:"projectID,omitempty"`
+	// Block marks a block volume: <root>/<id> is a file, not a directory.
+	Block bool `json:"block,omitempty"`
 }
 
 // snapshotRecord describes a snapshot: a compressed archive of a volume.
@@ -33,6 +35,9 @@ type snapshotRecord struct {
 	SourceVolume string    `json:"sourceVolume"`
 	SizeBytes    int64     `json:"sizeBytes"` // the source's capacity: the smallest volume it restores into
 	Created      time.Time `json:"created"`
+	// Block marks a block volume's snapshot: a sparse copy of its file
+	// (<id>.img), not an archive.
+	Block bool `json:"block,omitempty"`
 }
 
 func (d *Driver) recordDir() string   { return filepath.Join(d.root, metaDirName) }
@@ -42,6 +47,7 @@ func (d *Driver) newDir() string      { return filepath.Join(d.recordDir(), "new
 func (d *Driver) recordPath(id string) string   { return filepath.Join(d.recordDir(), id+".json") }
 func (d *Driver) snapshotPath(id string) string { return filepath.Join(d.snapshotDir(), id+".json") }
 func (d *Driver) archivePath(id string) string  { return filepath.Join(d.snapshotDir(), id+".tar.gz") }
+func (d *Driver) imagePath(id string) string    { return filepath.Join(d.snapshotDir(), id+".img") }
 
 func (d *Driver) readRecord(id string) (*record, error) {
 	var r record

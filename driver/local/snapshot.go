@@ -14,6 +14,7 @@ import (
 
 	"github.com/monocsi/monocsi/driver"
 	"github.com/monocsi/monocsi/internal/treecopy"
+	"golang.org/x/sys/unix"
 )
 
 // Snapshots are gzip-compressed tar archives of a volume's directory, kept
@@ -53,12 +54,18 @@ func (d *Driver) CreateSnapshot(_ context.Context, req *csi.CreateSnapshotReques
 	if err != nil {
 		return nil, err
 	}
-	if _, err := treecopy.WriteFile(d.archivePath(id), d.volumeDir(srcID)); err != nil {
+	if rec.Block {
+		err = d.copyBlock(d.imagePath(id), func() (int, error) { fd, _, err := d.openBlockFile(srcID, unix.O_RDONLY); return fd, err }, rec.CapacityBytes)
+		if err != nil {
+			return nil, err
+		}
+	} else if _, err := treecopy.WriteFile(d.archivePath(id), d.volumeDir(srcID)); err != nil {
 		return nil, status.Errorf(codes.Internal, "archive volume %s: %v", srcID, err)
 	}
-	snap := &snapshotRecord{SourceVolume: srcID, SizeBytes: rec.CapacityBytes, Created: time.Now().UTC()}
+	snap := &snapshotRecord{SourceVolume: srcID, SizeBytes: rec.CapacityBytes, Created: time.Now().UTC(), Block: rec.Block}
 	if err := writeJSON(d.snapshotPath(id), snap); err != nil {
 		removeFile(d.archivePath(id))
+		removeFile(d.imagePath(id))
 		return nil, status.Errorf(codes.Internal, "record snapshot %s: %v", id, err)
 	}
 	return &csi.CreateSnapshotResponse{Snapshot: d.snapshot(id, snap)}, nil
@@ -86,7 +93,7 @@ func (d *Driver) DeleteSnapshot(_ context.Context, req *csi.DeleteSnapshotReques
 		return nil, err
 	}
 	defer unlock()
-	for _, f := range []string{d.archivePath(id), d.snapshotPath(id)} {
+	for _, f := range []string{d.archivePath(id), d.imagePath(id), d.snapshotPath(id)} {
 		if err := removeFile(f); err != nil {
 			return nil, status.Errorf(codes.Internal, "delete snapshot %s: %v", id, err)
 		}
@@ -138,8 +145,12 @@ func (d *Driver) ListSnapshots(_ context.Context, req *csi.ListSnapshotsRequest)
 
 // contentSource checks a CreateVolume content source and returns its
 // recorded name ("snapshot/<id>", "volume/<id>", or "") and the smallest
-// size a volume made from it may have.
-func (d *Driver) contentSource(src *csi.VolumeContentSource) (string, int64, error) {
+// size a volume made from it may have. A block volume is made only from a
+// block volume or its snapshot, a directory only from a directory's.
+func (d *Driver) contentSource(src *csi.VolumeContentSource, block bool) (string, int64, error) {
+	kindErr := func(what string, srcBlock bool) error {
+		return status.Errorf(codes.InvalidArgument, "%s %s volume: it cannot fill a %s volume", what, volumeKind(srcBlock), volumeKind(block))
+	}
 	switch {
 	case src == nil:
 		return "", 0, nil
@@ -155,6 +166,9 @@ func (d *Driver) contentSource(src *csi.VolumeContentSource) (string, int64, err
 		if snap == nil {
 			return "", 0, status.Errorf(codes.NotFound, "source snapshot %s does not exist on node %s", id, d.nodeID)
 		}
+		if snap.Block != block {
+			return "", 0, kindErr("snapshot "+id+" is of a", snap.Block)
+		}
 		return "snapshot/" + id, snap.SizeBytes, nil
 	case src.GetVolume() != nil:
 		id := src.GetVolume().GetVolumeId()
@@ -164,6 +178,9 @@ func (d *Driver) contentSource(src *csi.VolumeContentSource) (string, int64, err
 		rec, err := d.existingRecord(id)
 		if err != nil {
 			return "", 0, err
+		}
+		if rec.Block != block {
+			return "", 0, kindErr("volume "+id+" is a", rec.Block)
 		}
 		return "volume/" + id, rec.CapacityBytes, nil
 	}
@@ -214,7 +231,9 @@ func (d *Driver) populate(dir, id string, src *csi.VolumeContentSource, projID u
 // ControllerExpandVolume raises the volume's quota limit (when its size is
 // enforced) and records the new size, after checking free space; a smaller
 // size is OUT_OF_RANGE. A directory needs no node-side resize, so this is
-// online: a pod writing into the volume may write more at once.
+// online: a pod writing into the volume may write more at once. A block
+// volume's file grows (to whole sectors) and its loop devices then need
+// NodeExpandVolume.
 func (d *Driver) ControllerExpandVolume(_ context.Context, req *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
 	id := req.GetVolumeId()
 	if err := driver.ValidID("volume ID", id); err != nil {
@@ -240,9 +259,20 @@ func (d *Driver) ControllerExpandVolume(_ context.Context, req *csi.ControllerEx
 		return nil, status.Errorf(codes.OutOfRange, "volume %s has %d bytes and cannot shrink (requested %d, limit %d)",
 			id, rec.CapacityBytes, req.GetCapacityRange().GetRequiredBytes(), req.GetCapacityRange().GetLimitBytes())
 	}
+	if rec.Block && size > rec.CapacityBytes {
+		if size, err = blockSize(size, req.GetCapacityRange().GetLimitBytes()); err != nil {
+			return nil, err
+		}
+	}
 	if size > rec.CapacityBytes {
 		if err := d.checkFree(size - rec.CapacityBytes); err != nil {
 			return nil, err
+		}
+		// The file first: a record is never larger than its file.
+		if rec.Block {
+			if err := d.growBlockFile(id, size); err != nil {
+				return nil, err
+			}
 		}
 		if rec.ProjectID != 0 {
 			// The limit first: a record is never larger than its limit.
@@ -259,7 +289,7 @@ func (d *Driver) ControllerExpandVolume(_ context.Context, req *csi.ControllerEx
 			return nil, status.Errorf(codes.Internal, "record volume %s: %v", id, err)
 		}
 	}
-	return &csi.ControllerExpandVolumeResponse{CapacityBytes: rec.CapacityBytes}, nil
+	return &csi.ControllerExpandVolumeResponse{CapacityBytes: rec.CapacityBytes, NodeExpansionRequired: rec.Block}, nil
 }
 
 // checkFree fails with RESOURCE_EXHAUSTED when the root's filesystem has less

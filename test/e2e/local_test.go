@@ -81,7 +81,6 @@ func TestStaticVolumeWriteAndUnmount(t *testing.T) {
 // Restarting the monocsi node pod while a volume is in use loses no data,
 // and the kubelet registers the driver again; the volume still unmounts.
 func TestNodePodRestartKeepsData(t *testing.T) {
-	ctx := context.Background()
 	eventually(t, time.Minute, "driver registered", driverRegistered)
 	createLocalVolume(t, "e2e-restart")
 	staticClaim(t, "e2e-restart")
@@ -89,6 +88,33 @@ func TestNodePodRestartKeepsData(t *testing.T) {
 	logFile := filepath.Join(tc.LocalRoot(), "e2e-restart", "log")
 	eventually(t, 30*time.Second, "writes", func() error { _, err := readHostFile(logFile); return err })
 
+	restartNodePod(t)
+
+	before, _ := readHostFile(logFile)
+	eventually(t, 30*time.Second, "the pod keeps writing", func() error {
+		now, err := readHostFile(logFile)
+		if err != nil || len(now) <= len(before) {
+			return fmt.Errorf("log did not grow (%d bytes): %v", len(now), err)
+		}
+		if !strings.HasPrefix(now, before) {
+			return fmt.Errorf("earlier data changed")
+		}
+		return nil
+	})
+	deletePod(t, pod.Name)
+	eventually(t, 30*time.Second, "pod mounts gone", func() error {
+		if m := mountsOf(string(pod.UID)); len(m) > 0 {
+			return fmt.Errorf("left: %v", m)
+		}
+		return nil
+	})
+}
+
+// restartNodePod deletes the monocsi node pod and waits until its
+// replacement is ready and registered with the kubelet.
+func restartNodePod(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
 	pods, err := kube.CoreV1().Pods("monocsi").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=node"})
 	if err != nil || len(pods.Items) != 1 {
 		t.Fatalf("node pods: %v %v", pods, err)
@@ -110,25 +136,6 @@ func TestNodePodRestartKeepsData(t *testing.T) {
 		return fmt.Errorf("not yet")
 	})
 	eventually(t, time.Minute, "driver registered again", driverRegistered)
-
-	before, _ := readHostFile(logFile)
-	eventually(t, 30*time.Second, "the pod keeps writing", func() error {
-		now, err := readHostFile(logFile)
-		if err != nil || len(now) <= len(before) {
-			return fmt.Errorf("log did not grow (%d bytes): %v", len(now), err)
-		}
-		if !strings.HasPrefix(now, before) {
-			return fmt.Errorf("earlier data changed")
-		}
-		return nil
-	})
-	deletePod(t, pod.Name)
-	eventually(t, 30*time.Second, "pod mounts gone", func() error {
-		if m := mountsOf(string(pod.UID)); len(m) > 0 {
-			return fmt.Errorf("left: %v", m)
-		}
-		return nil
-	})
 }
 
 func podReady(p *corev1.Pod) bool {

@@ -18,7 +18,7 @@
 #   KERNEL_SUITES       the suites (default "nfs local")
 #   KERNEL_OUT          the full output (default e2e-kernel.out in the checkout)
 #   MONOCSI_NFSVM_RUN   -test.run pattern of the nfs suite (default NFS: the NFS driver's tests)
-#   MONOCSI_LOCALVM_RUN -test.run pattern of the local suite (default LocalQuota)
+#   MONOCSI_LOCALVM_RUN -test.run pattern of the local suite (default LocalQuota|LocalBlock)
 #   NFSVM_TIMEOUT       bound of the whole VM run in seconds (default 420 per nfs run, 120 per local run, plus 60)
 #   NFSVM_VERSIONS      the nfsvers values, one run each (default "4.1 3")
 #   LOCALVM_FS          the filesystems of the local suite, one run each (default "xfs ext4")
@@ -29,7 +29,7 @@ SRC=$(cd "$(dirname "$0")" && pwd)
 SUITES=${KERNEL_SUITES:-nfs local}
 OUT=${KERNEL_OUT:-$(cd "$SRC/../.." && pwd)/e2e-kernel.out}
 RUN=${MONOCSI_NFSVM_RUN:-NFS}
-LOCALRUN=${MONOCSI_LOCALVM_RUN:-LocalQuota}
+LOCALRUN=${MONOCSI_LOCALVM_RUN:-LocalQuota|LocalBlock}
 VERSIONS=${NFSVM_VERSIONS:-4.1 3} # nfsvers values, one run each
 FSES=${LOCALVM_FS:-xfs ext4}      # local suite filesystems, one run each
 # The runs, by name; each one's output is name.out in the share.

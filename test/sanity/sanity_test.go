@@ -62,6 +62,49 @@ func TestSanityLocal(t *testing.T) {
 	assertNoMountsUnder(t, work, root)
 }
 
+// TestSanityLocalBlock runs the suite again with block volumes: a sparse
+// file per volume, published as a loop device bind-mounted on a file.
+func TestSanityLocalBlock(t *testing.T) {
+	requireRoot(t)
+	if ownProcess(t) {
+		return
+	}
+	sock, root := serveLocal(t)
+	work := t.TempDir()
+	cfg := sanity.NewTestConfig()
+	cfg.Address = "unix://" + sock
+	cfg.TargetPath = filepath.Join(work, "mount")
+	cfg.StagingPath = filepath.Join(work, "stage")
+	cfg.TestVolumeSize = 64 << 20
+	cfg.TestVolumeAccessType = "block"
+	cfg.IdempotentCount = 10
+	sanity.Test(t, cfg)
+
+	assertNoMountsUnder(t, work, root)
+	assertNoLoopsOf(t, root)
+}
+
+// assertNoLoopsOf fails when a loop device is left attached to a file
+// under root, and detaches it.
+func assertNoLoopsOf(t *testing.T, root string) {
+	t.Helper()
+	links, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, f := range links {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		if back := strings.TrimSpace(string(b)); strings.HasPrefix(back, root+"/") {
+			dev := "/dev/" + filepath.Base(filepath.Dir(filepath.Dir(f)))
+			t.Errorf("loop device %s left attached to %s", dev, back)
+			if fd, err := unix.Open(dev, unix.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {
+				_ = unix.IoctlSetInt(fd, unix.LOOP_CLR_FD, 0)
+				unix.Close(fd)
+			}
+		}
+	}
+}
+
 // assertNoMountsUnder fails when any mount is left below the given directories.
 func assertNoMountsUnder(t *testing.T, dirs ...string) {
 	t.Helper()
