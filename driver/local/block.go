@@ -188,15 +188,11 @@ func (d *Driver) publishBlock(req *csi.NodePublishVolumeRequest) (*csi.NodePubli
 	}
 	readOnly := driver.ReadOnly(vc, req.GetReadonly())
 
-	unlock, err := d.locks.TryLock(id)
+	rec, unlock, err := d.lockedRecord(id)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	rec, err := d.existingRecord(id)
-	if err != nil {
-		return nil, err
-	}
 	if !rec.Block {
 		return nil, status.Errorf(codes.InvalidArgument, "volume %s is a filesystem volume: it cannot be published as a block device", id)
 	}
@@ -428,15 +424,11 @@ func (d *Driver) NodeExpandVolume(_ context.Context, req *csi.NodeExpandVolumeRe
 			return nil, err
 		}
 	}
-	unlock, err := d.locks.TryLock(id)
+	rec, unlock, err := d.lockedRecord(id)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	rec, err := d.existingRecord(id)
-	if err != nil {
-		return nil, err
-	}
 	if need := req.GetCapacityRange().GetRequiredBytes(); need > rec.CapacityBytes {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %s has %d bytes, less than the %d asked: expand it with ControllerExpandVolume first", id, rec.CapacityBytes, need)
 	}

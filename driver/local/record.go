@@ -70,6 +70,21 @@ func (d *Driver) existingRecord(id string) (*record, error) {
 	return rec, nil
 }
 
+// lockedRecord takes the volume's lock (ABORTED while another call holds
+// it) and reads its record; the caller releases the lock.
+func (d *Driver) lockedRecord(id string) (*record, func(), error) {
+	unlock, err := d.locks.TryLock(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	rec, err := d.existingRecord(id)
+	if err != nil {
+		unlock()
+		return nil, nil, err
+	}
+	return rec, unlock, nil
+}
+
 func (d *Driver) readSnapshot(id string) (*snapshotRecord, error) {
 	var r snapshotRecord
 	ok, err := readJSON(d.snapshotPath(id), &r)

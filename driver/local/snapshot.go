@@ -246,15 +246,11 @@ func (d *Driver) ControllerExpandVolume(_ context.Context, req *csi.ControllerEx
 	if err != nil {
 		return nil, err
 	}
-	unlock, err := d.locks.TryLock(id)
+	rec, unlock, err := d.lockedRecord(id)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	rec, err := d.existingRecord(id)
-	if err != nil {
-		return nil, err
-	}
 	if size > 0 && size < rec.CapacityBytes || req.GetCapacityRange().GetLimitBytes() > 0 && req.GetCapacityRange().GetLimitBytes() < rec.CapacityBytes {
 		return nil, status.Errorf(codes.OutOfRange, "volume %s has %d bytes and cannot shrink (requested %d, limit %d)",
 			id, rec.CapacityBytes, req.GetCapacityRange().GetRequiredBytes(), req.GetCapacityRange().GetLimitBytes())
