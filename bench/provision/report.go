@@ -133,8 +133,12 @@ and StorageClass; nothing provisions them.
 		}
 		w(` So in a cluster of N nodes with V volumes each, a node role's memory
 follows V (its own node's claims and PVs) and should not follow N×V, while
-the controller, which caches every PV and claim, follows N×V at the rate
-above.
+the controller follows N×V at the rate above: the test cluster runs it with
+the snapshot-controller (the chart's snapshots.controller, as a cluster
+without one needs), whose informers hold every claim, PV and node of the
+cluster whole, as the upstream snapshot-controller's do (it writes claims
+back with Update, so they cannot be stripped or filtered). Without it the
+controller caches only its drivers' claims and PVs.
 `)
 		goal := func(p *MemPhase, role string, limit float64) string {
 			m := p.Role(role)
