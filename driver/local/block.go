@@ -112,7 +112,9 @@ func (d *Driver) createBlockFile(id string, size int64, fresh bool) error {
 			return status.Errorf(codes.Internal, "empty %s: %v", p, err)
 		}
 	}
-	if fresh || st.Size != size {
+	// Never shrink: a file longer than recorded holds data of an expansion
+	// whose record was not written (a crash); cutting it would lose it.
+	if fresh || st.Size < size {
 		if err := unix.Ftruncate(fd, size); err != nil {
 			return status.Errorf(codes.Internal, "size %s to %d bytes: %v", p, size, err)
 		}
@@ -120,14 +122,18 @@ func (d *Driver) createBlockFile(id string, size int64, fresh bool) error {
 	return nil
 }
 
-// growBlockFile sets the volume's file to size bytes (the caller checked
-// it does not shrink the recorded size).
+// growBlockFile makes the volume's file at least size bytes long. It never
+// shrinks it: after an expansion whose record was not written the file
+// is longer than the record, and its device already that size.
 func (d *Driver) growBlockFile(id string, size int64) error {
-	fd, _, err := d.openBlockFile(id, unix.O_WRONLY)
+	fd, st, err := d.openBlockFile(id, unix.O_WRONLY)
 	if err != nil {
 		return err
 	}
 	defer unix.Close(fd)
+	if st.Size >= size {
+		return nil
+	}
 	if err := unix.Ftruncate(fd, size); err != nil {
 		return status.Errorf(codes.Internal, "grow %s to %d bytes: %v", d.volumeDir(id), size, err)
 	}
@@ -242,7 +248,10 @@ func (d *Driver) publishBlock(req *csi.NodePublishVolumeRequest) (*csi.NodePubli
 
 	dev, attached := "", false
 	for _, l := range loops {
-		if l.readOnly == readOnly {
+		// A device marked to detach on its last close (LOOP_CLR_FD while
+		// something still had it open) must not be reused: it would go
+		// from under this publication, and its number to another volume.
+		if l.readOnly == readOnly && !l.autoclear {
 			dev = l.path
 			break
 		}
@@ -262,6 +271,9 @@ func (d *Driver) publishBlock(req *csi.NodePublishVolumeRequest) (*csi.NodePubli
 		}
 		dev, err = attachLoop(d.loopControl, fd, d.volumeDir(id), readOnly)
 		unix.Close(fd)
+		if errors.Is(err, errNoFreeLoop) {
+			return nil, status.Errorf(codes.ResourceExhausted, "block volume %s: %v", id, err)
+		}
 		if err != nil {
 			return nil, status.Errorf(codes.Internal, "block volume %s: %v", id, err)
 		}
@@ -490,6 +502,9 @@ func (d *Driver) populateBlock(id string, src *csi.VolumeContentSource, size int
 		if s := src.GetSnapshot(); s != nil {
 			fd, err := unix.Open(d.imagePath(s.GetSnapshotId()), unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 			if err != nil {
+				if errors.Is(err, unix.ENOENT) {
+					return -1, status.Errorf(codes.NotFound, "snapshot %s has no image on node %s", s.GetSnapshotId(), d.nodeID)
+				}
 				return -1, status.Errorf(codes.Internal, "open snapshot %s: %v", s.GetSnapshotId(), err)
 			}
 			return fd, nil
@@ -518,7 +533,7 @@ func (d *Driver) copyBlock(dst string, open func() (int, error), size int64) err
 		return err
 	}
 	defer unix.Close(in)
-	scratch := dst + ".new"
+	scratch := dst + "~" // never a volume or snapshot ID, whose scratch names share the directory
 	if err := os.RemoveAll(scratch); err != nil {
 		return status.Errorf(codes.Internal, "clear %s: %v", scratch, err)
 	}

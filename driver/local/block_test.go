@@ -334,7 +334,7 @@ func TestBlockWithoutLoopDevices(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = d.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "blk", VolumeCapabilities: []*csi.VolumeCapability{rwoBlock}})
-	if status.Code(err) != codes.InvalidArgument || !strings.Contains(status.Convert(err).Message(), "loop devices") {
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(status.Convert(err).Message(), "loop devices") {
 		t.Fatalf("block CreateVolume without loop devices: %v", err)
 	}
 	c, err := d.GetCapacity(ctx, &csi.GetCapacityRequest{VolumeCapabilities: []*csi.VolumeCapability{rwoBlock}})
@@ -401,5 +401,81 @@ func TestBlockSnapshotRestoreAndClone(t *testing.T) {
 		if es, _ := os.ReadDir(dir); len(es) > 0 && dir != root || len(es) > 1 {
 			t.Errorf("%s not empty after deleting everything: %v", dir, es)
 		}
+	}
+}
+
+// A device still open elsewhere when its last publication goes is only
+// marked to detach on its last close: the next publish must attach a
+// device of its own, never reuse that one (it would vanish from under it,
+// and its number go to another volume).
+func TestBlockDetachingDeviceIsNotReused(t *testing.T) {
+	d, _ := newBlockDriver(t)
+	createBlock(t, d, "blk", 1<<20)
+	pods := t.TempDir()
+	t1, t2 := filepath.Join(pods, "t1"), filepath.Join(pods, "t2")
+	if err := publishBlock(d, "blk", t1, rwoBlock, false); err != nil {
+		t.Fatal(err)
+	}
+	first := loopsOf(t, d, "blk")
+	if len(first) != 1 {
+		t.Fatalf("loop devices after publish: %v", first)
+	}
+	holder, err := os.Open(first[0].path) // udev's blkid, a slow reader
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close()
+	unpublish(t, d, "blk", t1)
+	if ls := loopsOf(t, d, "blk"); len(ls) != 1 || !ls[0].autoclear {
+		t.Fatalf("after unpublish with the device open elsewhere: %+v, want it marked to detach on close", ls)
+	}
+	if err := publishBlock(d, "blk", t2, rwoBlock, false); err != nil {
+		t.Fatal(err)
+	}
+	var tst unix.Stat_t
+	if err := unix.Stat(t2, &tst); err != nil {
+		t.Fatal(err)
+	}
+	if old, err := rdevOf(first[0].path); err == nil && old == tst.Rdev {
+		t.Fatalf("publish reused %s, which is detaching", first[0].path)
+	}
+	holder.Close()
+	if ls := loopsOf(t, d, "blk"); len(ls) != 1 || ls[0].autoclear {
+		t.Fatalf("after the holder closed: %+v, want the publication's own device alone", ls)
+	}
+	unpublish(t, d, "blk", t2)
+	if _, err := d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: "blk"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A file longer than its record (an expansion cut short before the record
+// was written) is never cut back: neither by a retried create nor by an
+// expansion to less than its length.
+func TestBlockFileNeverShrinks(t *testing.T) {
+	d, root := newBlockDriver(t)
+	createBlock(t, d, "blk", 4<<20)
+	p := filepath.Join(root, "blk")
+	if err := os.Truncate(p, 8<<20); err != nil {
+		t.Fatal(err)
+	}
+	createBlock(t, d, "blk", 4<<20) // idempotent retry
+	if _, err := d.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: "blk",
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 6 << 20}}); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(p); err != nil || fi.Size() != 8<<20 {
+		t.Fatalf("volume file after a retried create and an expansion to 6 MiB: %v, %v; want 8 MiB kept", fi.Size(), err)
+	}
+}
+
+// A clone with no capacity range takes its source's size, however large.
+func TestBlockCloneTakesSourceSize(t *testing.T) {
+	d, _ := newBlockDriver(t)
+	createBlock(t, d, "big", 3<<30) // sparse
+	resp, err := d.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "copy", VolumeCapabilities: []*csi.VolumeCapability{rwoBlock},
+		VolumeContentSource: &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: "big"}}}})
+	if err != nil || resp.GetVolume().GetCapacityBytes() != 3<<30 {
+		t.Fatalf("clone of a 3 GiB volume without a size: %v, %v", resp.GetVolume().GetCapacityBytes(), err)
 	}
 }

@@ -43,21 +43,21 @@ func (d *Driver) CreateVolume(_ context.Context, req *csi.CreateVolumeRequest) (
 		return nil, err
 	}
 	src := req.GetVolumeContentSource()
-	if block {
-		if size, err = blockSize(size, req.GetCapacityRange().GetLimitBytes()); err != nil {
-			return nil, err
-		}
-	}
 	source, minSize, err := d.contentSource(src, block)
 	if err != nil {
 		return nil, err
 	}
 	if source != "" {
 		if size == 0 {
-			size = minSize
+			size = minSize // the source's size, not a default
 		}
 		if lim := req.GetCapacityRange().GetLimitBytes(); size < minSize || lim > 0 && lim < minSize {
 			return nil, status.Errorf(codes.OutOfRange, "%s needs at least %d bytes, the request allows %d", source, minSize, max(size, lim))
+		}
+	}
+	if block {
+		if size, err = blockSize(size, req.GetCapacityRange().GetLimitBytes()); err != nil {
+			return nil, err
 		}
 	}
 
@@ -229,7 +229,13 @@ func (d *Driver) checkCapabilities(caps []*csi.VolumeCapability) error {
 	if err := driver.CheckCapabilities(caps); err != nil {
 		return err
 	}
-	if ok, msg := d.supported(caps); !ok {
+	ok, msg := d.supported(caps)
+	switch {
+	case !ok && d.noLoop != "" && strings.HasSuffix(msg, d.noLoop):
+		// Another node may have loop devices: the provisioner
+		// reschedules a claim on RESOURCE_EXHAUSTED, not on a final error.
+		return status.Error(codes.ResourceExhausted, msg)
+	case !ok:
 		return status.Error(codes.InvalidArgument, msg)
 	}
 	return nil

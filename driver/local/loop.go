@@ -39,7 +39,13 @@ type loopDev struct {
 	deleted  bool   // the backing file was unlinked (or replaced by a rename)
 	dev, ino uint64 // the backing file's identity (LOOP_GET_STATUS64)
 	readOnly bool
+	// autoclear: the kernel detaches it on its last close (a LOOP_CLR_FD
+	// while it was open elsewhere).
+	autoclear bool
 }
+
+// errNoFreeLoop: the kernel has no loop device left to give.
+var errNoFreeLoop = errors.New("no free loop device (raise the loop module's max_loop)")
 
 // loopSupport tells whether loop devices can be attached here: the loop
 // control device opens. why names what is missing otherwise.
@@ -74,7 +80,8 @@ func listLoops() ([]loopDev, error) {
 		if err != nil {
 			continue // detached meanwhile
 		}
-		l.dev, l.ino, l.readOnly = info.Device, info.Inode, info.Flags&unix.LO_FLAGS_READ_ONLY != 0
+		l.dev, l.ino = info.Device, info.Inode
+		l.readOnly, l.autoclear = info.Flags&unix.LO_FLAGS_READ_ONLY != 0, info.Flags&unix.LO_FLAGS_AUTOCLEAR != 0
 		out = append(out, l)
 	}
 	return out, nil
@@ -106,6 +113,9 @@ func attachLoop(control string, fd int, name string, ro bool) (string, error) {
 	// EBUSY, and the next free one is tried.
 	for range 16 {
 		n, err := unix.IoctlRetInt(ctl, unix.LOOP_CTL_GET_FREE)
+		if errors.Is(err, unix.ENOSPC) {
+			return "", errNoFreeLoop
+		}
 		if err != nil {
 			return "", fmt.Errorf("find a free loop device: %w", err)
 		}
