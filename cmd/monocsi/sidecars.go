@@ -142,6 +142,9 @@ func (f *sidecarFlags) snapshots(ctx context.Context, client kubernetes.Interfac
 		}
 	}
 	g, ctx := errgroup.WithContext(ctx)
+	// The group lives as long as the role: with no driver of its own yet
+	// (flex drivers only), the sidecar's informers must still run for them.
+	g.Go(func() error { <-ctx.Done(); return nil })
 	if f.snapshotController {
 		g.Go(func() error { return snapshotter.RunController(ctx, client, snap) })
 	}
