@@ -37,13 +37,13 @@ unit: $(BIN)/helm
 ## sanity: the upstream csi-sanity suite (csi-test v5.6.0) against `monocsi serve`
 sanity:
 	$(GO) test -count=1 -v ./test/sanity/ -args -ginkgo.no-color 2>&1 | tee sanity.out | grep -E '^(---|ok|FAIL|PASS)|Ran [0-9]+ of|Passed \|' ; \
-	  status=$${PIPESTATUS[0]}; [ $$status -eq 0 ] || tail -100 sanity.out; exit $$status
+	  status=$${PIPESTATUS[0]}; [ $$status -eq 0 ] || { tail -100 sanity.out; ./hack/failures.sh sanity.out; }; exit $$status
 
 ## e2e: a real single-node Kubernetes (built and cached on first use), monocsi
 ## installed with the Helm chart (charts/monocsi), and the end-to-end tests against it
 e2e: $(BIN)/helm
 	$(GO) test -count=1 -timeout 60m -v ./test/e2e/ 2>&1 | tee e2e.out | grep -E '^(=== RUN|---|ok|FAIL|PASS|==>|    [0-9])|e2e' ; \
-	  status=$${PIPESTATUS[0]}; [ $$status -eq 0 ] || tail -150 e2e.out; exit $$status
+	  status=$${PIPESTATUS[0]}; [ $$status -eq 0 ] || { tail -150 e2e.out; ./hack/failures.sh e2e.out; }; exit $$status
 
 ## e2e-kernel: the real-kernel tier: one boot of a VM (User-Mode Linux, Linux 6.1; the image is
 ## built and cached on first use, see test/nfsvm) runs every suite of KERNEL_SUITES (default

@@ -808,12 +808,20 @@ func TestNFSSymlinkSwap(t *testing.T) {
 					return
 				default:
 				}
+				// The symlink is made under another name and exchanged
+				// with the directory atomically, and exchanged back: the
+				// name never disappears, so a directory the driver makes
+				// meanwhile is never clobbered by the test.
 				paused.RLock()
-				if unix.Renameat(fd, sw.name, fd, sw.name+".real") == nil {
-					unix.Symlinkat(sw.targets[i%len(sw.targets)], fd, sw.name)
-					time.Sleep(time.Duration(i%3) * time.Millisecond)
-					unix.Unlinkat(fd, sw.name, 0)
-					unix.Renameat(fd, sw.name+".real", fd, sw.name)
+				lnk := sw.name + ".lnk"
+				if unix.Symlinkat(sw.targets[i%len(sw.targets)], fd, lnk) == nil {
+					if unix.Renameat2(fd, sw.name, fd, lnk, unix.RENAME_EXCHANGE) == nil {
+						time.Sleep(time.Duration(i%3) * time.Millisecond)
+						if err := unix.Renameat2(fd, lnk, fd, sw.name, unix.RENAME_EXCHANGE); err != nil {
+							t.Errorf("exchange %s back: %v", sw.name, err)
+						}
+					}
+					unix.Unlinkat(fd, lnk, 0)
 				}
 				paused.RUnlock()
 				time.Sleep(time.Duration(1+i%2) * time.Millisecond)
