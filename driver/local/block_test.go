@@ -479,3 +479,29 @@ func TestBlockCloneTakesSourceSize(t *testing.T) {
 		t.Fatalf("clone of a 3 GiB volume without a size: %v, %v", resp.GetVolume().GetCapacityBytes(), err)
 	}
 }
+
+// An unpublish that unmounts but cannot remove its target (a file that is
+// not the empty one the CO made) still detaches the volume's device: a
+// retry that fails the same way forever must not keep it attached.
+func TestBlockUnpublishDetachesWhenTargetStays(t *testing.T) {
+	d, _ := newBlockDriver(t)
+	createBlock(t, d, "blk", 1<<20)
+	target := filepath.Join(t.TempDir(), "t")
+	if err := publishBlock(d, "blk", target, rwoBlock, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Unmount(target, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(target, []byte("not the CO's empty file"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "blk", TargetPath: target})
+	wantCode(t, err, codes.FailedPrecondition, "unpublish of a target that is a non-empty file")
+	if ls := loopsOf(t, d, "blk"); len(ls) != 0 {
+		t.Errorf("the volume's device %s stays attached after its only target was unmounted", loopPaths(ls))
+	}
+	if b, err := os.ReadFile(target); err != nil || string(b) != "not the CO's empty file" {
+		t.Errorf("the target's content was touched: %q, %v", b, err)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -77,8 +78,13 @@ func listLoops() ([]loopDev, error) {
 		l := loopDev{path: filepath.Join(devDir, name), name: name, backing: strings.TrimSuffix(string(b), "\n")}
 		l.backing, l.deleted = strings.CutSuffix(l.backing, " (deleted)")
 		info, err := loopStatus(l.path)
-		if err != nil {
-			continue // detached meanwhile
+		switch {
+		case errors.Is(err, unix.ENXIO) || errors.Is(err, fs.ErrNotExist):
+			continue // detached or removed meanwhile
+		case err != nil:
+			// A device that cannot be read may be a volume's: skipping it
+			// would leak it, or give its volume a second device.
+			return nil, fmt.Errorf("status of %s: %w", l.path, err)
 		}
 		l.dev, l.ino = info.Device, info.Inode
 		l.readOnly, l.autoclear = info.Flags&unix.LO_FLAGS_READ_ONLY != 0, info.Flags&unix.LO_FLAGS_AUTOCLEAR != 0

@@ -172,6 +172,11 @@ func (d *Driver) NodeUnpublishVolume(_ context.Context, req *csi.NodeUnpublishVo
 	if err := driver.ValidID("volume ID", id); err != nil {
 		return nil, err
 	}
+	unlock, err := d.locks.TryLock(id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	// The target's kind follows the volume's; a deleted volume's may be either.
 	rec, _ := d.readRecord(id)
 	check := driver.CheckHostTarget
@@ -184,23 +189,20 @@ func (d *Driver) NodeUnpublishVolume(_ context.Context, req *csi.NodeUnpublishVo
 	if err := check("target path", target, d.own); err != nil {
 		return nil, err
 	}
-	unlock, err := d.locks.TryLock(id)
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
 	if err := d.unmount(target); err != nil {
 		return nil, err
+	}
+	// Unmounted, the device may be unused: it is detached even when the
+	// target cannot be removed, so no failure below leaks it.
+	if rec != nil && rec.Block && d.noLoop == "" {
+		if err := d.detachUnused(id); err != nil {
+			return nil, err
+		}
 	}
 	// Only an empty directory or file is removed: a non-empty one that is
 	// not a mount point is not ours (FAILED_PRECONDITION).
 	if err := driver.RemoveHostFile("target path", target); err != nil {
 		return nil, err
-	}
-	if rec != nil && rec.Block && d.noLoop == "" {
-		if err := d.detachUnused(id); err != nil {
-			return nil, err
-		}
 	}
 	return &csi.NodeUnpublishVolumeResponse{}, nil
 }
