@@ -109,11 +109,22 @@ and StorageClass; nothing provisions them.
 			w("| %s | %s | %s | %.1f |\n", name, cell(p.Role("node")), cell(p.Role("controller")), sum)
 		}
 	}
-	if len(r.Memory) > 0 {
-		last := r.Memory[len(r.Memory)-1]
+	// The highest VmHWM each role's processes reported (a restarted
+	// process starts its own).
+	var roles []string
+	peak := map[string]int64{}
+	for _, p := range r.Memory {
+		for _, m := range p.Procs {
+			if _, ok := peak[m.Role]; !ok {
+				roles = append(roles, m.Role)
+			}
+			peak[m.Role] = max(peak[m.Role], m.HWM)
+		}
+	}
+	if len(roles) > 0 {
 		var peaks []string
-		for _, m := range last.Procs {
-			peaks = append(peaks, fmt.Sprintf("%s %.1f MB", m.Role, mb(m.HWM)))
+		for _, role := range roles {
+			peaks = append(peaks, fmt.Sprintf("%s %.1f MB", role, mb(peak[role])))
 		}
 		w("\nPeak RSS (VmHWM) over the whole run: %s.\n", strings.Join(peaks, ", "))
 	}
@@ -132,14 +143,23 @@ and StorageClass; nothing provisions them.
 				r.N, mb(local.Role("node").RSS-idle.Role("node").RSS))
 		}
 		w(` So in a cluster of N nodes with V volumes each, a node role's memory
-follows V (its own node's claims and PVs) and should not follow N×V, while
-the controller follows N×V at the rate above: the test cluster runs it with
-the snapshot-controller (the chart's snapshots.controller, as a cluster
-without one needs), whose informers hold every claim, PV and node of the
-cluster whole, as the upstream snapshot-controller's do (it writes claims
-back with Update, so they cannot be stripped or filtered). Without it the
-controller caches only its drivers' claims and PVs.
+follows V (its own node's claims and PVs) and should not follow N×V; the
+controller, as the chart installs it, caches only its own drivers' claims
+and PVs, so the volumes of other drivers cost it little, and a node's
+local volumes nothing.
 `)
+		if sc := r.Phase(snapshotControllerPhase(5000)); sc != nil && sc.Role("controller") != nil && p5.Role("controller") != nil {
+			w(`
+The last row is the chart's snapshots.controller option (off by default:
+a cluster runs one snapshot-controller, and most distributions ship it),
+turned on at the end of the run: the controller then also runs the
+snapshot-controller, whose informers hold every claim, PV and node of the
+cluster whole, as the upstream snapshot-controller's do (it writes claims
+back with Update, so they cannot be stripped or filtered). With 5,000
+volumes elsewhere it costs the controller %+.1f MB, about what the upstream
+snapshot-controller, a process of its own, would hold.
+`, mb(sc.Role("controller").RSS-p5.Role("controller").RSS))
+		}
 		goal := func(p *MemPhase, role string, limit float64) string {
 			m := p.Role(role)
 			if m == nil {

@@ -35,9 +35,10 @@ func (c *Cluster) NFSRoot() string { return filepath.Join(c.Dir, "nfs-servers") 
 // emulation (this kernel has no NFS; see test/nfsemu) in the pods that mount
 // shares, and the snapshot CRDs and snapshot-controller. It waits for the
 // node and controller pods to be ready.
-func (c *Cluster) InstallMonocsi(ctx context.Context) error {
+// Extra helm arguments come last, so they override these settings.
+func (c *Cluster) InstallMonocsi(ctx context.Context, extra ...string) error {
 	return c.InstallChart(ctx, filepath.Join(RepoRoot(), "charts", "monocsi"),
-		"--set-string=image.repository="+MonocsiRepo, "--set-string=image.tag="+MonocsiTag)
+		append([]string{"--set-string=image.repository=" + MonocsiRepo, "--set-string=image.tag=" + MonocsiTag}, extra...)...)
 }
 
 // InstallChart installs monocsi from chart (a directory or a packaged
