@@ -311,10 +311,12 @@ func TestBlockLoopsReconciledAtStart(t *testing.T) {
 	if err := os.Truncate(filepath.Join(root, "kept"), 2<<20); err != nil {
 		t.Fatal(err)
 	}
+	d.Close() // the process ends
 	d2, err := New(Config{NodeID: "node-a", Root: root})
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(d2.Close)
 	if ls := loopsOf(t, d2, "leaked"); len(ls) != 0 {
 		t.Errorf("the unused device %s was not detached at start", dev)
 	}

@@ -10,6 +10,7 @@
 //	<root>/.monocsi/snapshots/<snap-id>.tar.gz    a snapshot's archive
 //	<root>/.monocsi/snapshots/<snap-id>.json      its record
 //	<root>/.monocsi/new/<volume-id>/              a clone or restore being filled
+//	<root>/.monocsi/lock                          held by the one driver serving the root
 //
 // The record is the commit point: a volume exists exactly when its record
 // does. CreateVolume makes the directory first and the record last;
@@ -39,6 +40,7 @@ import (
 	mount "k8s.io/mount-utils"
 
 	"github.com/monocsi/monocsi/driver"
+	"github.com/monocsi/monocsi/internal/filelock"
 )
 
 // DefaultName is the CSI driver name of the local driver.
@@ -99,6 +101,9 @@ type Driver struct {
 	// loopControl is the loop control device; noLoop says why block
 	// volumes cannot be served here ("" where they can).
 	loopControl, noLoop string
+
+	// unlockRoot releases the root's lock (see lockRoot).
+	unlockRoot func()
 }
 
 var _ driver.Driver = (*Driver)(nil)
@@ -135,6 +140,15 @@ func New(c Config) (*Driver, error) {
 			return nil, fmt.Errorf("local driver: create %s: %w", dir, err)
 		}
 	}
+	if d.unlockRoot, err = lockRoot(root, d.rootLock()); err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			d.Close()
+		}
+	}()
 	if d.own, err = driver.Reserve("the local driver's root (volumes' data and the driver's records)", root); err != nil {
 		return nil, fmt.Errorf("local driver: root: %w", err)
 	}
@@ -171,7 +185,32 @@ func New(c Config) (*Driver, error) {
 		klog.InfoS("Block volumes are not served on this node", "reason", why)
 	}
 	d.reconcileLoops()
+	ok = true
 	return d, nil
+}
+
+// lockRoot takes the root's lock, waiting while another process holds it:
+// one driver per root, or each would take the other's published loop
+// devices for leaks and reuse its free project IDs. A DaemonSet update
+// that starts the new pod before the old one exits waits here.
+func lockRoot(root, path string) (func(), error) {
+	unlock, held, err := filelock.TryLock(path)
+	if held {
+		klog.InfoS("Another process serves this local root; waiting until it exits", "root", root, "lock", path)
+		unlock, err = filelock.Lock(path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("local driver: lock the root: %w", err)
+	}
+	return unlock, nil
+}
+
+// Close releases the root for another driver; d serves nothing after it.
+func (d *Driver) Close() {
+	if d.unlockRoot != nil {
+		d.unlockRoot()
+		d.unlockRoot = nil
+	}
 }
 
 // loadProjects marks the recorded project IDs used and, where quotas are

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
@@ -30,6 +31,7 @@ func newDriver(t *testing.T) (*Driver, string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { assertNoMounts(t, filepath.Dir(root)) })
+	t.Cleanup(d.Close)
 	return d, root
 }
 
@@ -504,5 +506,34 @@ func TestMountOverTheRecordsIsNoticed(t *testing.T) {
 	}
 	if _, err := d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: "a"}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A second driver on a root waits until the first is gone: two would take
+// each other's published loop devices for leaks and share project IDs.
+func TestOneDriverPerRoot(t *testing.T) {
+	first, root := newDriver(t)
+	got := make(chan *Driver, 1)
+	go func() {
+		d, err := New(Config{NodeID: "node-a", Root: root})
+		if err != nil {
+			t.Error(err)
+		}
+		got <- d
+	}()
+	select {
+	case d := <-got:
+		d.Close()
+		t.Fatal("a second driver started on a root another one serves")
+	case <-time.After(300 * time.Millisecond):
+	}
+	first.Close()
+	select {
+	case d := <-got:
+		if d != nil {
+			d.Close()
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the second driver did not start once the first was closed")
 	}
 }

@@ -252,6 +252,7 @@ func newQuotaDriver(t *testing.T, root string, q quotaFS) *Driver {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(d.Close)
 	return d
 }
 
@@ -303,6 +304,7 @@ func TestParallelCreatesGetTheirOwnProjectIDs(t *testing.T) {
 
 	// A restart keeps every ID; a new volume gets a fresh one.
 	q.limits[firstProjectID] = 0 // someone cleared a limit while the driver was down
+	d.Close()
 	d = newQuotaDriver(t, root, q)
 	after := recorded(d)
 	if fmt.Sprint(before) != fmt.Sprint(after) {

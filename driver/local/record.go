@@ -42,6 +42,7 @@ type snapshotRecord struct {
 
 func (d *Driver) recordDir() string   { return filepath.Join(d.root, metaDirName) }
 func (d *Driver) snapshotDir() string { return filepath.Join(d.recordDir(), "snapshots") }
+func (d *Driver) rootLock() string    { return filepath.Join(d.recordDir(), "lock") }
 func (d *Driver) newDir() string      { return filepath.Join(d.recordDir(), "new") }
 
 func (d *Driver) recordPath(id string) string   { return filepath.Join(d.recordDir(), id+".json") }
