@@ -522,17 +522,24 @@ func hasCondition(pvc *corev1.PersistentVolumeClaim, t corev1.PersistentVolumeCl
 	return false
 }
 
-// finalError: the call has ended and failed (external-resizer's
-// IsFinalError); the others may still be working or may work on retry.
-func finalError(err error) bool {
+// grpcCode is the gRPC code of err or of the error it wraps; false when
+// neither has one.
+func grpcCode(err error) (codes.Code, bool) {
 	st, ok := status.FromError(errors.Unwrap(err))
 	if !ok {
 		st, ok = status.FromError(err)
 	}
+	return st.Code(), ok
+}
+
+// finalError: the call has ended and failed (external-resizer's
+// IsFinalError); the others may still be working or may work on retry.
+func finalError(err error) bool {
+	code, ok := grpcCode(err)
 	if !ok {
 		return false
 	}
-	switch st.Code() {
+	switch code {
 	case codes.Canceled, codes.DeadlineExceeded, codes.Unavailable, codes.ResourceExhausted, codes.Aborted:
 		return false
 	}
@@ -543,14 +550,11 @@ func finalError(err error) bool {
 // IsInfeasibleError): the claim's status says ControllerResizeInfeasible,
 // and a lower request may be retried.
 func infeasibleError(err error) bool {
-	st, ok := status.FromError(errors.Unwrap(err))
-	if !ok {
-		st, ok = status.FromError(err)
-	}
+	code, ok := grpcCode(err)
 	if !ok {
 		return false
 	}
-	switch st.Code() {
+	switch code {
 	case codes.InvalidArgument, codes.OutOfRange, codes.NotFound:
 		return true
 	}

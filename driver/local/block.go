@@ -140,6 +140,17 @@ func (d *Driver) growBlockFile(id string, size int64) error {
 	return nil
 }
 
+// fileLoops is volumeLoops of the volume's file as it is now; the file
+// must exist.
+func (d *Driver) fileLoops(id string) (mine, stale []loopDev, err error) {
+	fd, st, err := d.openBlockFile(id, unix.O_RDONLY)
+	if err != nil {
+		return nil, nil, err
+	}
+	unix.Close(fd)
+	return d.volumeLoops(id, st)
+}
+
 // volumeLoops returns the loop devices of the volume's file st (nil: the
 // file is gone), and stale ones: attached to a file that was at the
 // volume's path but was replaced or removed since.
@@ -219,12 +230,9 @@ func (d *Driver) publishBlock(req *csi.NodePublishVolumeRequest) (*csi.NodePubli
 	if err != nil {
 		return nil, err
 	}
-	mounted, err := d.mounter.IsMountPoint(target)
-	switch {
-	case errors.Is(err, os.ErrNotExist):
-		mounted = false
-	case err != nil:
-		return nil, status.Errorf(codes.Internal, "check target %s: %v", target, err)
+	mounted, err := d.isMountPoint(target)
+	if err != nil {
+		return nil, err
 	}
 	if mounted {
 		var tst unix.Stat_t
@@ -447,12 +455,7 @@ func (d *Driver) NodeExpandVolume(_ context.Context, req *csi.NodeExpandVolumeRe
 	if !rec.Block {
 		return &csi.NodeExpandVolumeResponse{CapacityBytes: rec.CapacityBytes}, nil
 	}
-	fd, st, err := d.openBlockFile(id, unix.O_RDONLY)
-	if err != nil {
-		return nil, err
-	}
-	unix.Close(fd)
-	loops, _, err := d.volumeLoops(id, st)
+	loops, _, err := d.fileLoops(id)
 	if err != nil {
 		return nil, err
 	}
@@ -473,12 +476,7 @@ func (d *Driver) blockStats(id, p string, rec *record) (*csi.NodeGetVolumeStatsR
 	if err := driver.CheckHostFile("volume path", filepath.Clean(p)); err != nil {
 		return nil, err
 	}
-	fd, st, err := d.openBlockFile(id, unix.O_RDONLY)
-	if err != nil {
-		return nil, err
-	}
-	unix.Close(fd)
-	loops, _, err := d.volumeLoops(id, st)
+	loops, _, err := d.fileLoops(id)
 	if err != nil {
 		return nil, err
 	}

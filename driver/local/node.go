@@ -63,12 +63,9 @@ func (d *Driver) NodePublishVolume(_ context.Context, req *csi.NodePublishVolume
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "check mounts of %s: %v", src, err)
 	}
-	mounted, err := d.mounter.IsMountPoint(target)
-	switch {
-	case errors.Is(err, os.ErrNotExist):
-		mounted = false
-	case err != nil:
-		return nil, status.Errorf(codes.Internal, "check target %s: %v", target, err)
+	mounted, err := d.isMountPoint(target)
+	if err != nil {
+		return nil, err
 	}
 	if mounted {
 		if !slices.Contains(refs, target) {
@@ -205,6 +202,19 @@ func (d *Driver) NodeUnpublishVolume(_ context.Context, req *csi.NodeUnpublishVo
 		return nil, err
 	}
 	return &csi.NodeUnpublishVolumeResponse{}, nil
+}
+
+// isMountPoint reports whether target is a mount point; a missing target
+// is not one.
+func (d *Driver) isMountPoint(target string) (bool, error) {
+	m, err := d.mounter.IsMountPoint(target)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return false, nil
+	case err != nil:
+		return false, status.Errorf(codes.Internal, "check target %s: %v", target, err)
+	}
+	return m, nil
 }
 
 // maxStacked bounds the unmounts of one target: mounts stacked on it by
