@@ -2,25 +2,47 @@ package e2e
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
+	"io"
+	"net/http"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/monocsi/monocsi/test/cluster"
 )
 
 // kubeletVolumeStats reads the kubelet's kubelet_volume_stats_* gauges of
-// a claim (through the API server's node proxy, as a metrics scraper
-// does), by the part of the name after the prefix.
+// a claim from its /metrics, as a scraper on the node does (the test runs
+// on the node; the test cluster's kubelet serves a self-signed certificate
+// and lets anyone read), by the part of the name after the prefix.
 func kubeletVolumeStats(ctx context.Context, claim string) (map[string]float64, error) {
-	raw, err := kube.CoreV1().RESTClient().Get().Resource("nodes").Name(cluster.NodeName).
-		SubResource("proxy").Suffix("metrics").DoRaw(ctx)
+	node, err := kube.CoreV1().Nodes().Get(ctx, cluster.NodeName, metav1.GetOptions{})
 	if err != nil {
 		return nil, err
+	}
+	url := fmt.Sprintf("https://127.0.0.1:%d/metrics", node.Status.DaemonEndpoints.KubeletEndpoint.Port)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s: %s: %.200s", url, resp.Status, raw)
 	}
 	got := map[string]float64{}
 	for _, line := range strings.Split(string(raw), "\n") {
