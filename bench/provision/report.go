@@ -156,8 +156,9 @@ turned on at the end of the run: the controller then also runs the
 snapshot-controller, whose informers hold every claim, PV and node of the
 cluster whole, as the upstream snapshot-controller's do (it writes claims
 back with Update, so they cannot be stripped or filtered). With 5,000
-volumes elsewhere it costs the controller %+.1f MB, about what the upstream
-snapshot-controller, a process of its own, would hold.
+volumes elsewhere it costs the controller %+.1f MB: those whole objects,
+which a separate upstream snapshot-controller would cache in its own
+process instead.
 `, mb(sc.Role("controller").RSS-p5.Role("controller").RSS))
 		}
 		goal := func(p *MemPhase, role string, limit float64) string {
