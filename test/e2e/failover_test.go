@@ -565,8 +565,12 @@ func TestControllerAPIServerPause(t *testing.T) {
 	for i := range n / 2 {
 		claim(t, fmt.Sprintf("pause-%02d", i), "e2e-nfs-pause")
 	}
-	// The chart's renew deadline is 10 s.
-	if err := tc.PauseAPIServer(14 * time.Second); err != nil {
+	// The leader renews every retry period (5 s), each round giving up
+	// after the renew deadline (10 s) from its start: only a freeze longer
+	// than both together is sure to cover a whole round, wherever in the
+	// cycle it starts (14 s let a round that began 1 s before its end
+	// succeed about one time in five).
+	if err := tc.PauseAPIServer(20 * time.Second); err != nil {
 		t.Fatal(err)
 	}
 	for i := n / 2; i < n; i++ {
