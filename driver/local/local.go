@@ -194,11 +194,9 @@ func New(c Config) (*Driver, error) {
 // devices for leaks and reuse its free project IDs. A DaemonSet update
 // that starts the new pod before the old one exits waits here.
 func lockRoot(root, path string) (func(), error) {
-	unlock, held, err := filelock.TryLock(path)
-	if held {
+	unlock, err := filelock.Lock(path, func() {
 		klog.InfoS("Another process serves this local root; waiting until it exits", "root", root, "lock", path)
-		unlock, err = filelock.Lock(path)
-	}
+	})
 	if err != nil {
 		return nil, fmt.Errorf("local driver: lock the root: %w", err)
 	}

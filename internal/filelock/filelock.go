@@ -11,17 +11,20 @@ import (
 )
 
 // Lock waits for an exclusive lock on path (created when missing) and
-// returns its release. The kernel drops the lock when the process dies.
-func Lock(path string) (unlock func(), err error) {
+// returns its release. When another open file of path holds it, waiting
+// (if not nil) is called once before the wait. The kernel drops the lock
+// when the process dies.
+func Lock(path string, waiting func()) (unlock func(), err error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return nil, err
 	}
-	for {
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
-		if err != unix.EINTR {
-			break
+	err = flock(f, unix.LOCK_EX|unix.LOCK_NB)
+	if err == unix.EWOULDBLOCK {
+		if waiting != nil {
+			waiting()
 		}
+		err = flock(f, unix.LOCK_EX)
 	}
 	if err != nil {
 		f.Close()
@@ -30,26 +33,11 @@ func Lock(path string) (unlock func(), err error) {
 	return func() { f.Close() }, nil
 }
 
-// TryLock takes an exclusive lock on path (created when missing) if no one
-// holds it; held reports that another open file of path does.
-func TryLock(path string) (unlock func(), held bool, err error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, false, err
-	}
+// flock is flock(2) on f, again when a signal interrupts it.
+func flock(f *os.File, how int) error {
 	for {
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err != unix.EINTR {
-			break
+		if err := unix.Flock(int(f.Fd()), how); err != unix.EINTR {
+			return err
 		}
 	}
-	switch {
-	case err == unix.EWOULDBLOCK:
-		f.Close()
-		return nil, true, nil
-	case err != nil:
-		f.Close()
-		return nil, false, &os.PathError{Op: "flock", Path: path, Err: err}
-	}
-	return func() { f.Close() }, false, nil
 }

@@ -9,13 +9,14 @@ import (
 // A second holder waits until the first releases the lock.
 func TestSecondLockWaits(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "x.lock")
-	unlock, err := Lock(path)
+	unlock, err := Lock(path, func() { t.Error("the first Lock waited") })
 	if err != nil {
 		t.Fatal(err)
 	}
 	got := make(chan time.Time, 1)
+	waited := make(chan struct{}, 1)
 	go func() {
-		u, err := Lock(path)
+		u, err := Lock(path, func() { waited <- struct{}{} })
 		if err != nil {
 			t.Error(err)
 		}
@@ -27,6 +28,9 @@ func TestSecondLockWaits(t *testing.T) {
 	unlock()
 	select {
 	case at := <-got:
+		if len(waited) != 1 {
+			t.Error("the second Lock waited without calling waiting")
+		}
 		if at.Before(released) {
 			t.Fatal("the second Lock returned while the first was held")
 		}

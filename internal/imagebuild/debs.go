@@ -131,7 +131,7 @@ func FetchPackages(ctx context.Context, cache string, pkgs []Package) (map[strin
 	if err := os.MkdirAll(debs, 0o755); err != nil {
 		return nil, err
 	}
-	unlock, err := filelock.Lock(filepath.Join(cache, "fetch.lock"))
+	unlock, err := filelock.Lock(filepath.Join(cache, "fetch.lock"), nil)
 	if err != nil {
 		return nil, err
 	}

@@ -107,7 +107,7 @@ func EnsureBinaries(log io.Writer) (string, error) {
 	if err := os.MkdirAll(CacheDir(), 0o755); err != nil {
 		return "", err
 	}
-	unlock, err := filelock.Lock(dir + ".lock")
+	unlock, err := filelock.Lock(dir+".lock", nil)
 	if err != nil {
 		return "", err
 	}
