@@ -22,6 +22,7 @@ import (
 	"github.com/monocsi/monocsi/internal/kube"
 	"github.com/monocsi/monocsi/internal/leader"
 	"github.com/monocsi/monocsi/internal/opmetrics"
+	"github.com/monocsi/monocsi/internal/textpages"
 	"github.com/monocsi/monocsi/nodeplugin"
 	"github.com/monocsi/monocsi/provisioner"
 	"github.com/monocsi/monocsi/snapshotter"
@@ -90,6 +91,7 @@ func runController(ctx context.Context, args []string) error {
 	reg.MustRegister(opmetrics.Operations)
 	reg.MustRegister(leader.Collectors()...)
 	g, ctx := errgroup.WithContext(ctx)
+	go textpages.ReleaseAfter(ctx, textpages.StartDelay)
 	if *httpEndpoint != "" {
 		mux := http.NewServeMux()
 		mux.Handle("/healthz", health.Handler(5*time.Second, health.Check{Name: "controller", Run: elector.Healthy}))

@@ -19,6 +19,7 @@ import (
 	"github.com/monocsi/monocsi/internal/capability"
 	"github.com/monocsi/monocsi/internal/kube"
 	"github.com/monocsi/monocsi/internal/opmetrics"
+	"github.com/monocsi/monocsi/internal/textpages"
 	"github.com/monocsi/monocsi/nodeplugin"
 	"github.com/monocsi/monocsi/provisioner"
 	"github.com/monocsi/monocsi/registrar"
@@ -53,6 +54,7 @@ func runNode(ctx context.Context, args []string) error {
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return nodeplugin.Run(ctx, *kubeletDir, plugins) })
+	go textpages.ReleaseAfter(ctx, textpages.StartDelay)
 	regFailed := make(chan error, len(plugins))
 	g.Go(func() error {
 		select {
