@@ -22,6 +22,8 @@ type ProcMem struct {
 	Anon int64  `json:"anonKB"`
 	File int64  `json:"fileKB"`
 	HWM  int64  `json:"hwmKB"` // peak RSS so far
+	// CPUms is the CPU time (user + system) the process used so far.
+	CPUms int64 `json:"cpuMs,omitempty"`
 }
 
 // MemPhase is the memory of every monocsi process at one point of the run.
@@ -95,7 +97,33 @@ func readMem(pid int, role string) (ProcMem, error) {
 		}
 	}
 	m.RSS = m.Anon + m.File + shmem
+	m.CPUms = cpuMs(pid)
 	return m, nil
+}
+
+// cpuMs is utime + stime of /proc/<pid>/stat in milliseconds (the kernel's
+// clock ticks are 100 a second), 0 if unknown.
+func cpuMs(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name, which may hold spaces: state is the
+	// first, utime and stime the 12th and 13th.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	u, err1 := strconv.ParseInt(f[11], 10, 64)
+	s, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0
+	}
+	return (u + s) * 10
 }
 
 // sampleMem reads every monocsi process of the cluster, node role first.

@@ -131,6 +131,19 @@ and StorageClass; nothing provisions them.
 		}
 		w("\nPeak RSS (VmHWM) over the whole run: %s.\n", strings.Join(peaks, ", "))
 	}
+	// CPU time by the 5,000-volume phase: the last before the
+	// snapshot-controller's upgrade restarts the controller.
+	if p5 := r.Phase(phaseOther5k); p5 != nil {
+		var cpu []string
+		for _, role := range []string{"node", "controller"} {
+			if m := p5.Role(role); m != nil && m.CPUms > 0 {
+				cpu = append(cpu, fmt.Sprintf("%s %.1f s", role, float64(m.CPUms)/1000))
+			}
+		}
+		if len(cpu) > 0 {
+			w("\nCPU time (user + system) from each process's start to the 5,000-volume phase, all the work above included: %s.\n", strings.Join(cpu, ", "))
+		}
+	}
 	// Growth per 1,000 volumes elsewhere in the cluster, and the goals.
 	p1, p5, idle := r.Phase(phaseOther1k), r.Phase(phaseOther5k), r.Phase(phaseIdle)
 	if p1 != nil && p5 != nil && idle != nil {
@@ -465,5 +478,17 @@ did not change (8.0 MB). What stays mapped grows with the code paths a role
 runs, as the phases above show (a provisioning burst runs the provisioning
 code). MADV_PAGEOUT would also drop the pages from the cache, but the
 kernel skips pages another process maps, and a single-node cluster runs the
-node and controller roles from the same file.
+node and controller roles from the same file. The row "idle, 2 minutes
+later" shows RssFile growing with no volume work: Go's forced collection
+every 2 minutes walks every goroutine's stack, reading the function tables
+(.gopclntab, stack maps in .rodata) of each frame, pages that fault back in
+with their 64 KB neighbourhood.
+
+The heap. The node role runs with GOGC=50 (the chart's node.goGC): its heap
+grows to 1.5 times what it holds before a collection, not twice. Measured
+on a test cluster (make demo) with the node role's live heap at 3 to 5 MB
+(gctrace), 200 local claims created and deleted, GOGC=100 then GOGC=50:
+RssAnon after the work 15.8 MB then 12.8 MB; 27 then 71 collections; CPU
+time of the process from its start 2.77 s then 3.08 s (+11 %). The
+controller keeps Go's default: its caches are larger, and it meets its goals.
 `
