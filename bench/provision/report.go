@@ -76,9 +76,9 @@ Resident memory of this cluster's two monocsi processes, read from
 "RSS (anon + file)". Anon is the process's own memory (Go heap, stacks);
 file is the pages of the binary it has mapped (text, read-only data), shared
 with any other process running the same file. 30 s after its start each role
-unmaps the binary's read-only pages (internal/textpages, see "What the roles
-touch at start" below), so from then on file counts the pages it has touched
-since. Each figure is taken once the processes' RSS moved by less than 1 MB
+drops the binary's read-only pages from its page tables (internal/textpages,
+see "What the roles do about it" below), so from then on file counts the
+pages it has touched since, with their neighbourhoods. Each figure is taken once the processes' RSS moved by less than 1 MB
 over 10 s, at least 20 s after the step (idle: at least 50 s after the
 install, past that unmapping). The volumes of other nodes and drivers are PVs and claims bound to each
 other through the API (claimRef with the claim's UID, volumeName,
@@ -465,13 +465,18 @@ the code the roles run.
 What the roles do about it. A role needs those pages once: package inits
 run, and one binary carries the other role's code and every driver's. 30 s
 after its start (its informers synced, its workers running) each role
-unmaps the read-only mappings of its own executable from itself
-(` + "`madvise(MADV_DONTNEED)`" + `; internal/textpages; never a writable mapping, or
-one holding private copies of pages). The pages stay in the page cache, clean
-and shared with any other process of the same file; what the role runs
-afterwards faults back in from there (a minor fault, no I/O), and the rest
-is cache the kernel drops first when memory is short. So from then on RssFile
-counts the code a role has run since, not the binary it starts from: the
+drops the pages of its own executable's read-only mappings from its page
+tables (` + "`madvise(MADV_DONTNEED)`" + `: the mappings stay; internal/textpages;
+never a writable mapping, or one that may hold private copies of pages, in
+memory or in swap). The pages stay in the page cache, clean and shared with
+any other process of the same file; what the role runs afterwards faults
+back in (a minor fault while the page is still cached, a read from disk
+once the kernel has reclaimed it), and the rest is cache the kernel
+reclaims first when memory is short. That cache stays charged to the pod's
+memory cgroup until it is reclaimed: what falls is the process's RSS, which
+these figures and issue 12's goals measure, not the cgroup's usage. From
+then on RssFile counts the code a role has run since (and its 64 KB
+neighbourhoods), not the binary it starts from: the
 node role ` + "`monocsi node --drivers=local,nfs`" + ` on the host went from RssFile 27.4 MB
 to 7.0 MB at the release and 8.6 MB to 8.9 MB over the next 20 s; RssAnon
 did not change (8.0 MB). What stays mapped grows with the code paths a role

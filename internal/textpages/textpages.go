@@ -1,14 +1,17 @@
-// Package textpages unmaps the executable's read-only pages (code, read-only
-// data, the function tables) that the process no longer uses.
+// Package textpages drops from the process's page tables the executable's
+// read-only pages (code, read-only data, the function tables) it no longer
+// uses.
 //
 // One binary carries every driver and both roles. Its start maps most of
 // it: every package initialiser runs (client-go registers every API type),
 // and the kernel maps up to 64 KiB around each page a fault touches
-// (fault-around), so code the role never runs is resident too. Unmapping
-// those mappings once the role has started leaves mapped only the pages it
-// touches afterwards: they fault back in from the page cache on their next
-// use, and the ones no longer used stay there as clean cache, for the
-// kernel to drop first. Writable mappings (data, heap) are never touched.
+// (fault-around), so code the role never runs is resident too. Dropping
+// those pages once the role has started (madvise MADV_DONTNEED; the
+// mappings stay) leaves mapped only the pages it touches afterwards: they
+// fault back in on their next use, from the page cache while they are
+// still there. The rest stay as clean page cache (charged to the pod's
+// memory cgroup until the kernel reclaims it, which it does first).
+// Writable mappings (data, heap) are never touched.
 package textpages
 
 import (
@@ -25,10 +28,11 @@ import (
 	"k8s.io/klog/v2"
 )
 
-// Release unmaps the executable's read-only mappings from this process and
-// returns how many bytes they spanned. A mapping with private copies of
-// pages (a dynamic linker's relocations, a debugger's breakpoints) is left
-// alone: unmapping would lose them.
+// Release drops from this process's page tables the pages of the
+// executable's read-only mappings and returns how many bytes those mappings
+// span. A mapping that may hold private copies of pages (a dynamic linker's
+// relocations, a debugger's breakpoint), resident or swapped out, is left
+// alone: dropping would lose them.
 func Release() (int64, error) {
 	raw, err := os.ReadFile("/proc/self/smaps")
 	if err != nil {
@@ -48,9 +52,15 @@ func Release() (int64, error) {
 	if file == "" {
 		return 0, errors.New("no mapping of this executable's code in /proc/self/smaps")
 	}
+	return release(ms, file)
+}
+
+// release drops the pages of the mappings of file that are read-only and
+// known to hold no private page.
+func release(ms []mapping, file string) (int64, error) {
 	var n int64
 	for _, m := range ms {
-		if m.file != file || m.writable || m.private {
+		if m.file != file || m.writable || !m.shared() {
 			continue
 		}
 		if _, _, errno := unix.Syscall(unix.SYS_MADVISE, uintptr(m.from), uintptr(m.to-m.from), unix.MADV_DONTNEED); errno != 0 {
@@ -66,11 +76,16 @@ type mapping struct {
 	from, to uint64
 	writable bool
 	// file is "major:minor inode" of the mapped file, empty for anonymous
-	// memory; private says some of its pages are private copies
-	// ("Anonymous:" above 0 kB).
-	file    string
-	private bool
+	// memory.
+	file string
+	// anon and swap are its "Anonymous:" and "Swap:" lines, in kB: private
+	// copies of pages, in memory and swapped out; -1 if missing.
+	anon, swap int64
 }
+
+// shared says every page of m is the file's own: smaps showed no private
+// page in memory or in swap (a missing line counts as some).
+func (m mapping) shared() bool { return m.anon == 0 && m.swap == 0 }
 
 // parse reads smaps: per mapping a line "from-to perms offset major:minor
 // inode [path]", then lines "Key: value".
@@ -81,9 +96,20 @@ func parse(smaps string) []mapping {
 		if len(f) == 0 {
 			continue
 		}
-		if v, ok := strings.CutPrefix(line, "Anonymous:"); ok {
-			if len(ms) > 0 && strings.TrimSpace(v) != "0 kB" {
-				ms[len(ms)-1].private = true
+		if f[0] == "Anonymous:" || f[0] == "Swap:" {
+			if len(ms) == 0 {
+				continue
+			}
+			kb := int64(-1)
+			if len(f) == 3 && f[2] == "kB" {
+				if v, err := strconv.ParseInt(f[1], 10, 64); err == nil {
+					kb = v
+				}
+			}
+			if f[0] == "Swap:" {
+				ms[len(ms)-1].swap = kb
+			} else {
+				ms[len(ms)-1].anon = kb
 			}
 			continue
 		}
@@ -96,7 +122,7 @@ func parse(smaps string) []mapping {
 		if err1 != nil || err2 != nil || to <= from {
 			continue
 		}
-		m := mapping{from: from, to: to, writable: f[1][1] == 'w'}
+		m := mapping{from: from, to: to, writable: f[1][1] == 'w', anon: -1, swap: -1}
 		if f[4] != "0" {
 			m.file = f[3] + " " + f[4]
 		}
@@ -121,10 +147,10 @@ func ReleaseAfter(ctx context.Context, d time.Duration) {
 	before := rssFile()
 	n, err := Release()
 	if err != nil {
-		klog.ErrorS(err, "Cannot unmap the executable's unused pages")
+		klog.ErrorS(err, "Cannot drop the executable's read-only pages")
 		return
 	}
-	klog.InfoS("Unmapped the executable's read-only pages", "spanMB", n>>20, "rssFileMBBefore", before>>20, "rssFileMBAfter", rssFile()>>20)
+	klog.InfoS("Dropped the executable's read-only pages from this process", "spanMB", n>>20, "rssFileMBBefore", before>>20, "rssFileMBAfter", rssFile()>>20)
 }
 
 // rssFile is RssFile of /proc/self/status in bytes, 0 if unknown.

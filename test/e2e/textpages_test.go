@@ -6,32 +6,34 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
 )
 
-var unmappedLine = regexp.MustCompile(`"Unmapped the executable's read-only pages" spanMB=(\d+) rssFileMBBefore=(\d+) rssFileMBAfter=(\d+)`)
+var droppedLine = regexp.MustCompile(`"Dropped the executable's read-only pages from this process" spanMB=(\d+) rssFileMBBefore=(\d+) rssFileMBAfter=(\d+)`)
 
-// TestRolesUnmapStartPages: in the image the chart runs (overlayfs root,
-// containerd), each role unmaps its binary's read-only pages once started,
-// and its resident file pages fall; every test after this one runs against
-// those processes.
-func TestRolesUnmapStartPages(t *testing.T) {
+// TestRolesDropStartPages: in the image the chart runs (overlayfs root,
+// containerd), each role drops its binary's read-only pages once started,
+// and its resident file pages fall; then a volume is provisioned, mounted,
+// written and read through those processes.
+func TestRolesDropStartPages(t *testing.T) {
 	for _, prefix := range []string{"monocsi-node-", controllerName + "-"} {
 		logs := followLogs(t, prefix)
-		eventually(t, 2*time.Minute, prefix+" logs the unmapping", func() error {
-			if logs.contains("Cannot unmap the executable's unused pages") {
-				t.Fatalf("%s could not unmap its pages", prefix)
+		eventually(t, 2*time.Minute, prefix+" logs the dropped pages", func() error {
+			if logs.contains("Cannot drop the executable's read-only pages") {
+				t.Fatalf("%s could not drop its pages", prefix)
 			}
 			logs.mu.Lock()
 			defer logs.mu.Unlock()
 			for line := range logs.lines {
-				m := unmappedLine.FindStringSubmatch(line)
+				m := droppedLine.FindStringSubmatch(line)
 				if m == nil {
 					continue
 				}
 				span, _ := strconv.Atoi(m[1])
 				before, _ := strconv.Atoi(m[2])
 				after, _ := strconv.Atoi(m[3])
-				t.Logf("%s: unmapped %d MB of mappings, RssFile %d MB -> %d MB", prefix, span, before, after)
+				t.Logf("%s: dropped the pages of %d MB of mappings, RssFile %d MB -> %d MB", prefix, span, before, after)
 				if span < 10 || after >= before {
 					t.Fatalf("%s: %s", prefix, line)
 				}
@@ -40,4 +42,8 @@ func TestRolesUnmapStartPages(t *testing.T) {
 			return fmt.Errorf("no line yet")
 		})
 	}
+	storageClass(t, "e2e-textpages", corev1.PersistentVolumeReclaimDelete, nil)
+	claim(t, "e2e-textpages", "e2e-textpages")
+	checkPod(t, "e2e-textpages", claimVolume("e2e-textpages"), "echo after > /data/f && test \"$(cat /data/f)\" = after")
+	boundPV(t, "e2e-textpages")
 }
