@@ -22,9 +22,16 @@ import (
 	"github.com/monocsi/monocsi/internal/kube"
 )
 
-// Workers is how many claims each driver's controller handles at once
-// (external-provisioner's --worker-threads default).
-const Workers = 100
+// Workers is how many claims each central driver's controller handles at
+// once (external-provisioner's --worker-threads default); NodeWorkers is
+// the same for a node's node-local drivers, which serve one node's claims
+// with calls that take milliseconds (each worker is a goroutine whose
+// stack the process keeps, and the library runs one set for claims and
+// one for PVs).
+const (
+	Workers     = 100
+	NodeWorkers = 10
+)
 
 // libMetrics are the library's metrics (controller_persistentvolume*), one
 // set per process however often Run starts.
@@ -41,7 +48,9 @@ var libMetrics = metrics.New("controller")
 // Run returns only after every CSI call it started has returned: a replica
 // giving up its Lease must not act beside the next leader. The library's
 // metrics are registered in reg; the caller registers opmetrics.Operations.
-func Run(ctx context.Context, client kubernetes.Interface, inf *kube.Informers, provs []*Provisioner, reg prometheus.Registerer, synced func()) error {
+// Each driver's controller handles up to workers claims and as many PVs at
+// once.
+func Run(ctx context.Context, client kubernetes.Interface, inf *kube.Informers, provs []*Provisioner, workers int, reg prometheus.Registerer, synced func()) error {
 	m := libMetrics
 	for _, c := range []prometheus.Collector{
 		m.PersistentVolumeClaimProvisionTotal, m.PersistentVolumeClaimProvisionFailedTotal, m.PersistentVolumeClaimProvisionDurationSeconds,
@@ -71,7 +80,7 @@ func Run(ctx context.Context, client kubernetes.Interface, inf *kube.Informers, 
 		p.gate = gate
 		ctrls = append(ctrls, controller.NewProvisionController(klog.FromContext(ctx), client, p.Name(), p,
 			controller.LeaderElection(false),
-			controller.Threadiness(Workers),
+			controller.Threadiness(workers),
 			// Retry forever, 1 s doubling to 5 min, as external-provisioner.
 			controller.FailedProvisionThreshold(0),
 			controller.FailedDeleteThreshold(0),

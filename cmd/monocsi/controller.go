@@ -156,7 +156,7 @@ func runController(ctx context.Context, args []string) error {
 				return nil
 			})
 		})
-		g.Go(func() error { return provisioner.Run(ctx, client, inf, provs, reg, synced) })
+		g.Go(func() error { return provisioner.Run(ctx, client, inf, provs, provisioner.Workers, reg, synced) })
 		g.Go(func() error { return sf.runResizer(ctx, client, inf, caps, central) })
 		g.Go(func() error {
 			return sf.snapshots(ctx, client, snap, caps, central, "", func(s *snapshotter.Sidecar) {

@@ -115,7 +115,7 @@ func runNode(ctx context.Context, args []string) error {
 						return err
 					}
 					// Resizer and capacity once the caches are filtered and filled.
-					return provisioner.Run(ctx, client, inf, provs, reg, sf.startNode(ctx, g, client, snap, inf, local, df.nodeID))
+					return provisioner.Run(ctx, client, inf, provs, provisioner.NodeWorkers, reg, sf.startNode(ctx, g, client, snap, inf, local, df.nodeID))
 				}
 				klog.ErrorS(err, "Cannot start provisioning yet; retrying", "in", wait)
 				select {
