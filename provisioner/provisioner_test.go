@@ -361,7 +361,7 @@ func TestControllerCachesItsDrivers(t *testing.T) {
 	synced := make(chan struct{})
 	done := make(chan error)
 	go func() {
-		done <- Run(ctx, client, inf, []*Provisioner{p}, NodeWorkers, prometheus.NewRegistry(), func() { close(synced) })
+		done <- Run(ctx, client, inf, []*Provisioner{p}, Workers, prometheus.NewRegistry(), func() { close(synced) })
 	}()
 	select {
 	case <-synced:

@@ -249,11 +249,14 @@ func run(n, other int, keepLogs string) (res *Results, err error) {
 	}
 	cfg.QPS, cfg.Burst = 1000, 2000 // the bench client must not be the bottleneck
 	kube := kubernetes.NewForConfigOrDie(cfg)
-	mem := func(name string) { res.Memory = append(res.Memory, settle(c.APIPort, name, settleLeast, settleMost)) }
+	// mem records a phase once memory settles, at least `after` later.
+	mem := func(name string, after time.Duration) {
+		res.Memory = append(res.Memory, settle(c.APIPort, name, after+settleLeast, after+settleMost))
+	}
 	fmt.Println("==> memory, idle")
-	// Idle is a started role: past the moment it unmaps the pages only its
+	// Idle is a started role: past the moment it drops the pages only its
 	// start used (textpages.StartDelay after the process began).
-	res.Memory = append(res.Memory, settle(c.APIPort, phaseIdle, textpages.StartDelay+settleLeast, settleMost+textpages.StartDelay))
+	mem(phaseIdle, textpages.StartDelay)
 	// A second look: does idle memory keep growing (resyncs, renewals)?
 	time.Sleep(idleLater)
 	res.Memory = append(res.Memory, MemPhase{Name: phaseIdleLater, Procs: sampleMem(c.APIPort)})
@@ -284,7 +287,7 @@ func run(n, other int, keepLogs string) (res *Results, err error) {
 					return err
 				}
 			}
-			mem(tg.phase)
+			mem(tg.phase, 0)
 			return nil
 		}, func(from, to time.Time) Evidence { return evidence(ctx, kube, c.Logs, podLogs, from, to) })
 		if err != nil {
@@ -314,7 +317,7 @@ func run(n, other int, keepLogs string) (res *Results, err error) {
 		}
 		res.Other.Changes += changes
 		fmt.Printf("    created in %s, %d later changes\n", time.Since(start).Round(time.Second), changes)
-		mem(step.phase)
+		mem(step.phase, 0)
 	}
 	res.Other.Created = time.Since(start).Seconds()
 	if other > 0 {
@@ -322,7 +325,7 @@ func run(n, other int, keepLogs string) (res *Results, err error) {
 		if err := c.InstallMonocsi(ctx); err != nil {
 			return nil, err
 		}
-		mem(snapshotControllerPhase(other))
+		mem(snapshotControllerPhase(other), 0)
 	}
 	return res, nil
 }

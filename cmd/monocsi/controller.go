@@ -91,7 +91,7 @@ func runController(ctx context.Context, args []string) error {
 	reg.MustRegister(opmetrics.Operations)
 	reg.MustRegister(leader.Collectors()...)
 	g, ctx := errgroup.WithContext(ctx)
-	go textpages.ReleaseAfter(ctx, textpages.StartDelay)
+	go textpages.ReleaseAfterStart(ctx)
 	if *httpEndpoint != "" {
 		mux := http.NewServeMux()
 		mux.Handle("/healthz", health.Handler(5*time.Second, health.Check{Name: "controller", Run: elector.Healthy}))

@@ -54,7 +54,7 @@ func runNode(ctx context.Context, args []string) error {
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return nodeplugin.Run(ctx, *kubeletDir, plugins) })
-	go textpages.ReleaseAfter(ctx, textpages.StartDelay)
+	go textpages.ReleaseAfterStart(ctx)
 	regFailed := make(chan error, len(plugins))
 	g.Go(func() error {
 		select {

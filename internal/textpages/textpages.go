@@ -135,14 +135,14 @@ func parse(smaps string) []mapping {
 // informers have synced and its workers run by then.
 const StartDelay = 30 * time.Second
 
-// ReleaseAfter calls Release once, d after it is called, unless ctx ends
-// first, and logs what it did: a role calls it at its start, so that the
-// pages only its start touched are let go once it runs.
-func ReleaseAfter(ctx context.Context, d time.Duration) {
+// ReleaseAfterStart calls Release once, StartDelay after it is called,
+// unless ctx ends first, and logs what it did: a role calls it at its
+// start, so that the pages only its start touched are let go once it runs.
+func ReleaseAfterStart(ctx context.Context) {
 	select {
 	case <-ctx.Done():
 		return
-	case <-time.After(d):
+	case <-time.After(StartDelay):
 	}
 	before := rssFile()
 	n, err := Release()

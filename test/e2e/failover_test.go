@@ -182,6 +182,19 @@ func (l *controllerLogs) contains(subs ...string) bool {
 	return false
 }
 
+// match returns the submatches of re in the first line that matches it, or
+// nil.
+func (l *controllerLogs) match(re *regexp.Regexp) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for line := range l.lines {
+		if m := re.FindStringSubmatch(line); m != nil {
+			return m
+		}
+	}
+	return nil
+}
+
 var actingLine = regexp.MustCompile(`^(\S+) .*"(Acting|Stopped acting: every worker returned)".* identity="([^"]+)"`)
 
 // actingSpan is when one process (an elector identity) acted.

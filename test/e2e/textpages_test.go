@@ -23,23 +23,18 @@ func TestRolesDropStartPages(t *testing.T) {
 			if logs.contains("Cannot drop the executable's read-only pages") {
 				t.Fatalf("%s could not drop its pages", prefix)
 			}
-			logs.mu.Lock()
-			defer logs.mu.Unlock()
-			for line := range logs.lines {
-				m := droppedLine.FindStringSubmatch(line)
-				if m == nil {
-					continue
-				}
-				span, _ := strconv.Atoi(m[1])
-				before, _ := strconv.Atoi(m[2])
-				after, _ := strconv.Atoi(m[3])
-				t.Logf("%s: dropped the pages of %d MB of mappings, RssFile %d MB -> %d MB", prefix, span, before, after)
-				if span < 10 || after >= before {
-					t.Fatalf("%s: %s", prefix, line)
-				}
-				return nil
+			m := logs.match(droppedLine)
+			if m == nil {
+				return fmt.Errorf("no line yet")
 			}
-			return fmt.Errorf("no line yet")
+			span, _ := strconv.Atoi(m[1])
+			before, _ := strconv.Atoi(m[2])
+			after, _ := strconv.Atoi(m[3])
+			t.Logf("%s: dropped the pages of %d MB of mappings, RssFile %d MB -> %d MB", prefix, span, before, after)
+			if span < 10 || after >= before {
+				t.Fatalf("%s: %s", prefix, m[0])
+			}
+			return nil
 		})
 	}
 	storageClass(t, "e2e-textpages", corev1.PersistentVolumeReclaimDelete, nil)
